@@ -1,0 +1,60 @@
+# stepmail — the interface for people and CI alike. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.synced ## Create the virtualenv and install everything (pinned by uv.lock)
+
+.PHONY: run
+run: install ## Start the whole platform with embedded Postgres, broker and SMTP catcher
+	$(VENV)/bin/stepmail-dev run
+
+.PHONY: test
+test: install ## Lint, type-check, then unit, integration and end-to-end tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q
+
+.PHONY: unit
+unit: install ## Unit tests only (no processes started)
+	$(VENV)/bin/pytest -q tests/unit
+
+.PHONY: fmt
+fmt: install ## Format and autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: lint
+lint: install ## Lint and type-check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+.PHONY: lock
+lock: $(UV) ## Re-resolve uv.lock after a dependency change
+	$(UV) lock --python $(PYTHON)
+
+.PHONY: clean
+clean: ## Remove the virtualenvs and local state
+	rm -rf $(VENV) $(TOOLS) .devstack .mypy_cache .ruff_cache .pytest_cache
