@@ -1,0 +1,93 @@
+"""The Postgres pool and the migrations runner; each service owns one schema."""
+
+import hashlib
+import logging
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+        )
+
+
+def _quote_ident(name: str) -> str:
+    if not name.isidentifier() or not name.isascii():
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return f'"{name}"'
+
+
+async def create_pool(
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+) -> "asyncpg.Pool[asyncpg.Record]":
+    """A pool whose connections see ``schema`` first and decode JSON with orjson."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": f"{_quote_ident(schema)},public", "timezone": "UTC"},
+        command_timeout=30,
+    )
+    assert pool is not None
+    return pool
+
+
+def _lock_key(schema: str) -> int:
+    return int.from_bytes(
+        hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+async def migrate(pool: "asyncpg.Pool[asyncpg.Record]", schema: str, package: str) -> list[str]:
+    """Apply ``<package>/migrations/*.sql`` in name order, once each, under an advisory lock.
+
+    Safe with any number of replicas starting at once: the lock serialises them and the
+    ``schema_migrations`` table records what ran. Returns the versions applied now.
+    """
+    quoted = _quote_ident(schema)
+    files = sorted(
+        (
+            f
+            for f in resources.files(package).joinpath("migrations").iterdir()
+            if f.name.endswith(".sql")
+        ),
+        key=lambda f: f.name,
+    )
+    applied_now: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _lock_key(schema))
+        try:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            listed = f"SELECT version FROM {quoted}.schema_migrations"  # noqa: S608 - quoted ident
+            done = {r["version"] for r in await conn.fetch(listed)}
+            for file in files:
+                version = file.name.removesuffix(".sql")
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL search_path TO {quoted}")
+                    await conn.execute(file.read_text(encoding="utf-8"))
+                    await conn.execute(
+                        f"INSERT INTO {quoted}.schema_migrations (version) VALUES ($1)",  # noqa: S608
+                        version,
+                    )
+                applied_now.append(version)
+                log.info("migration applied", extra={"schema": schema, "version": version})
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
+    return applied_now

@@ -1,0 +1,50 @@
+"""The error hierarchy every service shares.
+
+Errors carry a ``retriable`` attribute so callers branch on it instead of listing
+exception types: a consumer retries a retriable error and dead-letters the rest.
+"""
+
+
+class StepmailError(Exception):
+    """Base class of stepmail's own errors."""
+
+    retriable: bool = False
+
+
+class RetriableError(StepmailError):
+    """A transient failure (a dependency is down): try the same work again later."""
+
+    retriable = True
+
+
+class PermanentError(StepmailError):
+    """The input cannot be processed, however often it is tried."""
+
+    retriable = False
+
+
+class InvalidEventError(PermanentError):
+    """A Kafka message that is not a valid stepmail CloudEvent."""
+
+
+class InvalidTokenError(PermanentError):
+    """A signed token whose signature, key or payload does not check out."""
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth retrying: ours say so, connection-level errors are."""
+    if isinstance(exc, StepmailError):
+        return exc.retriable
+    import asyncpg  # local: keeps this module importable without a driver loaded
+
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.TooManyConnectionsError
+        | asyncpg.exceptions.SerializationError
+        | asyncpg.exceptions.DeadlockDetectedError,
+    )

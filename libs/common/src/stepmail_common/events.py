@@ -1,0 +1,111 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) and its validation.
+
+Every message on every topic is one of these. ``subject`` carries the contact id,
+which is also the Kafka key, so one contact's events stay in order.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import orjson
+
+from stepmail_common.errors import InvalidEventError
+
+CONTENT_TYPE = "application/cloudevents+json; charset=UTF-8"
+SPECVERSION = "1.0"
+# Deterministic ids (uuid5) for everything stepmail derives: message ids, event ids.
+STEPMAIL_NAMESPACE = uuid.UUID("6f1d3c9e-2b7a-5e0c-9a41-3d2f8e6b7c10")
+
+
+def derived_id(*parts: str) -> str:
+    """A stable id from its parts: the same inputs always give the same id."""
+    return str(uuid.uuid5(STEPMAIL_NAMESPACE, "\x1f".join(parts)))
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    """One CloudEvent: the required attributes, ``time``, ``subject`` and JSON ``data``."""
+
+    type: str
+    source: str
+    subject: str
+    data: dict[str, Any]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "dataschema": f"urn:stepmail:schema:{self.type}",
+            "data": self.data,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "CloudEvent":
+        """Parse and validate a structured-mode event; raises ``InvalidEventError``."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEventError(f"not JSON: {exc}") from exc
+        validate(doc)
+        return cls(
+            type=doc["type"],
+            source=doc["source"],
+            subject=doc["subject"],
+            data=doc["data"],
+            id=doc["id"],
+            time=datetime.fromisoformat(doc["time"]),
+        )
+
+
+def _schema_text(name: str) -> bytes:
+    return resources.files("stepmail_common").joinpath("schemas", name).read_bytes()
+
+
+@cache
+def _envelope_validator() -> jsonschema.protocols.Validator:
+    schema = orjson.loads(_schema_text("cloudevent.json"))
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+@cache
+def data_validator(event_type: str) -> jsonschema.protocols.Validator:
+    """The validator of one event type's ``data``; ``InvalidEventError`` if unknown."""
+    try:
+        schema = orjson.loads(_schema_text(f"{event_type}.json"))
+    except FileNotFoundError:
+        raise InvalidEventError(f"unknown event type {event_type!r}") from None
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _first_error(validator: jsonschema.protocols.Validator, doc: Any, prefix: str) -> None:
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path)
+        path = f"{prefix}.{where}" if where else prefix
+        raise InvalidEventError(f"{path}: {error.message}")
+
+
+def validate(doc: object) -> None:
+    """Check an event document against the envelope and its type's data schema."""
+    _first_error(_envelope_validator(), doc, "event")
+    assert isinstance(doc, dict)
+    _first_error(data_validator(doc["type"]), doc["data"], "data")

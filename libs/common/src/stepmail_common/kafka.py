@@ -1,0 +1,291 @@
+"""Kafka wiring: topic creation, a CloudEvent producer and an at-least-once consumer.
+
+The consumer commits a partition's offset only after the handler's work is durable,
+retries retriable errors without skipping, dead-letters the rest with the reason, and
+stops cleanly (finishes the message in hand, commits, leaves the group).
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+
+from stepmail_common import telemetry
+from stepmail_common.errors import RetriableError, is_retriable
+from stepmail_common.events import CONTENT_TYPE, CloudEvent, validate
+from stepmail_common.topics import Topics
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("stepmail.kafka")
+
+DLQ_REASON = "stepmail-dlq-reason"
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int, replication: int = 1
+) -> None:
+    """Create each topic and its ``.dlq`` twin if missing (idempotent, safe in replicas)."""
+    wanted = {t for topic in topics for t in (topic, Topics.dlq(topic))}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="stepmail-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = sorted(wanted - existing)
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(name, partitions, replication) for name in missing]
+                )
+            log.info("topics created", extra={"topics": missing})
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event bound for a topic, keyed by contact id."""
+
+    topic: str
+    event: CloudEvent
+    key: str
+
+
+class EventProducer:
+    """Publishes CloudEvents and returns only once the broker acknowledged them."""
+
+    def __init__(self, bootstrap: str, client_id: str, *, enable_idempotence: bool) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=enable_idempotence,
+            linger_ms=1,
+            request_timeout_ms=10_000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def __aenter__(self) -> "EventProducer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def publish(self, topic: str, event: CloudEvent, key: str) -> None:
+        await self.publish_many([Outgoing(topic, event, key)])
+
+    async def publish_many(self, items: Sequence[Outgoing]) -> None:
+        """Send all, then wait for every acknowledgement; raises ``RetriableError``."""
+        futures = []
+        try:
+            for item in items:
+                doc = item.event.to_dict()
+                validate(doc)
+                with tracer.start_as_current_span(
+                    f"send {item.topic}",
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={
+                        "messaging.system": "kafka",
+                        "messaging.destination.name": item.topic,
+                        "messaging.operation.type": "send",
+                        "messaging.kafka.message.key": item.key,
+                        "messaging.message.id": item.event.id,
+                    },
+                ):
+                    headers = [("content-type", CONTENT_TYPE.encode()), *telemetry.inject_headers()]
+                    futures.append(
+                        await self._producer.send(
+                            item.topic,
+                            value=item.event.to_json(),
+                            key=item.key.encode(),
+                            headers=headers,
+                        )
+                    )
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
+        for item in items:
+            telemetry.KAFKA_PRODUCED.labels(item.topic).inc()
+
+    async def send_raw(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        try:
+            await (await self._producer.send(topic, value=value, key=key, headers=headers))
+        except KafkaError as exc:
+            raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
+        telemetry.KAFKA_PRODUCED.labels(topic).inc()
+
+
+Handler = Callable[[CloudEvent], Awaitable[None]]
+
+
+class EventConsumer:
+    """Runs ``handler`` for each event of ``topics`` in a consumer group, at least once."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: Handler,
+        producer: EventProducer,
+        max_batch: int = 200,
+        retry_backoff: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        self._topics = list(topics)
+        self._group_id = group_id
+        self._handler = handler
+        self._producer = producer
+        self._max_batch = max_batch
+        self._backoff = retry_backoff
+        self._stopping = asyncio.Event()
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_wait_ms=50,
+            max_poll_interval_ms=300_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Ask the loop to finish the message in hand, commit and leave; safe twice."""
+        self._stopping.set()
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self._consumer.stop()
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment())
+
+    async def run(self) -> None:
+        """The loop: fetch a batch, handle each message in order, commit what is done."""
+        try:
+            while not self._stopping.is_set():
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+                done: dict[TopicPartition, int] = {}
+                for tp, records in batch.items():
+                    for record in records:
+                        if self._stopping.is_set():
+                            break
+                        if not await self._handle(record):
+                            break
+                        done[tp] = record.offset + 1
+                if done:
+                    await self._consumer.commit(done)
+        finally:
+            await self.close()
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Handle one record; ``False`` means the loop is stopping and it was not done."""
+        topic = record.topic
+        parent = telemetry.extract_context(record.headers)
+        attempt = 0
+        started = time.perf_counter()
+        while True:
+            with tracer.start_as_current_span(
+                f"process {topic}",
+                context=parent,
+                kind=trace.SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": topic,
+                    "messaging.operation.type": "process",
+                    "messaging.consumer.group.name": self._group_id,
+                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                    **({"messaging.kafka.message.key": record.key.decode()} if record.key else {}),
+                },
+            ) as span:
+                try:
+                    event = CloudEvent.from_json(record.value or b"")
+                    await self._handler(event)
+                except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
+                    if is_retriable(exc):
+                        attempt += 1
+                        telemetry.KAFKA_RETRIES.labels(topic).inc()
+                        delay = min(self._backoff[1], self._backoff[0] * 2 ** min(attempt, 10))
+                        log.warning(
+                            "retriable error, will retry",
+                            extra={
+                                "topic": topic,
+                                "offset": record.offset,
+                                "attempt": attempt,
+                                "error": exc.__class__.__name__,
+                            },
+                        )
+                        span.record_exception(exc)
+                        try:
+                            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                        except TimeoutError:
+                            continue
+                        return False
+                    if not await self._dead_letter(record, exc):
+                        return False
+                    telemetry.KAFKA_CONSUMED.labels(topic, "dead_lettered").inc()
+                    return True
+            telemetry.KAFKA_CONSUMED.labels(topic, "ok").inc()
+            telemetry.KAFKA_HANDLE_SECONDS.labels(topic).observe(time.perf_counter() - started)
+            return True
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> bool:
+        """Write the record to the ``.dlq`` twin with the reason; ``False`` if stopped first."""
+        reason = f"{exc.__class__.__name__}: {exc}"[:1000]
+        log.error(
+            "message dead-lettered",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": exc.__class__.__name__,
+            },
+        )
+        headers: list[tuple[str, bytes]] = [
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("stepmail-dlq-")],
+            (DLQ_REASON, reason.encode()),
+            ("stepmail-dlq-topic", record.topic.encode()),
+            ("stepmail-dlq-partition", str(record.partition).encode()),
+            ("stepmail-dlq-offset", str(record.offset).encode()),
+            ("stepmail-dlq-group", self._group_id.encode()),
+        ]
+        while True:
+            try:
+                await self._producer.send_raw(
+                    Topics.dlq(record.topic), record.key, record.value, headers
+                )
+                return True
+            except RetriableError:
+                if self._stopping.is_set():
+                    return False
+                await asyncio.sleep(self._backoff[0])

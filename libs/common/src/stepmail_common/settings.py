@@ -1,0 +1,45 @@
+"""Settings shared by every service, read from environment variables (12-factor)."""
+
+from typing import Literal
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs; each service subclasses it with its own fields.
+
+    Built once in ``main`` and passed down: no business code reads the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    stepmail_env: Environment = "development"
+    log_level: str = "INFO"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    database_url: str = "postgresql://stepmail@127.0.0.1:5432/stepmail"
+    database_pool_max: int = 10
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = "stepmail."
+    kafka_topic_partitions: int = 12
+    kafka_topic_replication: int = 1
+    # The embedded broker (Tansu) refuses InitProducerId; Apache Kafka wants it on.
+    kafka_enable_idempotence: bool = False
+
+    otel_exporter_otlp_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _positive_partitions(self) -> "CommonSettings":
+        if self.kafka_topic_partitions < 1:
+            raise ValueError("KAFKA_TOPIC_PARTITIONS must be at least 1")
+        return self
+
+    def refuse_placeholder(self, name: str, value: str, placeholder_prefix: str = "dev") -> None:
+        """Outside development, a secret that still holds its dev placeholder is an error."""
+        if self.stepmail_env == "production" and value.startswith(placeholder_prefix):
+            raise ValueError(f"{name.upper()} still holds a development placeholder")

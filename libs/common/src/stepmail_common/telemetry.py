@@ -1,0 +1,120 @@
+"""Logs, traces and the metrics every service shares.
+
+Logs are JSON lines on stdout. Nothing personal goes into a log line, a metric label
+or a span attribute: ids of contacts and messages are fine in logs, addresses and
+names never are.
+"""
+
+import logging
+import sys
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from prometheus_client import Counter, Histogram
+
+KAFKA_CONSUMED = Counter(
+    "stepmail_kafka_messages_consumed_total",
+    "Kafka messages handled, by topic and outcome (ok, dead_lettered)",
+    ["topic", "outcome"],
+)
+KAFKA_PRODUCED = Counter(
+    "stepmail_kafka_messages_produced_total", "Kafka messages acknowledged by the broker", ["topic"]
+)
+KAFKA_RETRIES = Counter(
+    "stepmail_kafka_handler_retries_total",
+    "Retries of a message after a retriable error",
+    ["topic"],
+)
+KAFKA_HANDLE_SECONDS = Histogram(
+    "stepmail_kafka_handle_seconds",
+    "Time to handle one consumed message",
+    ["topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+HTTP_REQUESTS = Counter(
+    "stepmail_http_requests_total", "HTTP requests served", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "stepmail_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the service, the trace and the record's extras."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self._service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "service": self._service,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            doc["trace_id"] = f"{span.trace_id:032x}"
+            doc["span_id"] = f"{span.span_id:016x}"
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def configure_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # uvicorn's access log would carry query strings (tokens); our middleware counts requests.
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def configure_tracing(
+    service: str, otlp_endpoint: str | None, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """Install the tracer provider: OTLP when configured, an explicit exporter for tests,
+    otherwise spans are made (so ``traceparent`` propagates) but exported nowhere."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if exporter is None and otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def inject_headers() -> list[tuple[str, bytes]]:
+    """The current trace context as Kafka headers (``traceparent``, ``tracestate``)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return [(k, v.encode()) for k, v in carrier.items()]
+
+
+def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> otel_context.Context:
+    carrier: Mapping[str, str] = {
+        k: v.decode("latin-1") for k, v in (headers or ()) if k in ("traceparent", "tracestate")
+    }
+    return propagate.extract(carrier)

@@ -1,0 +1,106 @@
+"""What every service's FastAPI app has: health, readiness, metrics, problems, request metrics."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match
+
+from stepmail_common import telemetry
+from stepmail_common.problems import install_problem_handlers
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[object]]
+
+
+def _route_template(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", "unmatched"))
+    return "unmatched"
+
+
+def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
+    """``/healthz`` (the process lives), ``/readyz`` (dependencies answer), ``/metrics``."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results: dict[str, str] = {}
+        ready = True
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=2.0)
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                ready = False
+                results[name] = exc.__class__.__name__
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": results},
+            status_code=200 if ready else 503,
+        )
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def install_common(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:
+    """Add the ops routes, the problem handlers and per-route request metrics."""
+    install_problem_handlers(app)
+    app.include_router(ops_router(checks))
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = _route_template(request)
+        telemetry.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        telemetry.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+
+def supervise(coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
+    """Run a background loop; if it dies, the process stops so the orchestrator restarts it."""
+
+    def done(task: "asyncio.Task[None]") -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.critical("background task died; stopping", exc_info=exc, extra={"task": name})
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(done)
+    return task
+
+
+async def cancel_and_wait(task: "asyncio.Task[None]", grace: float = 30.0) -> None:
+    """Give a task that was asked to stop ``grace`` seconds, then cancel it."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=grace)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    except Exception:  # noqa: BLE001, S110 - already logged by supervise()
+        pass
