@@ -8,9 +8,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from stepmail_common.errors import is_retriable
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
 
 
 class Problem(Exception):
@@ -88,6 +91,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        if is_retriable(exc):
+            log.warning(
+                "dependency unavailable",
+                extra={"path": request.url.path, "error": exc.__class__.__name__},
+            )
+            unavailable = Problem(
+                503,
+                "Service unavailable",
+                "A dependency (broker or database) is unreachable; nothing was accepted. "
+                "Retry later.",
+                type_="urn:stepmail:problem:unavailable",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+            return problem_response(unavailable, request.url.path)
         log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
         return problem_response(Problem(500, "Internal error"), request.url.path)
 
