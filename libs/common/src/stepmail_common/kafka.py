@@ -87,6 +87,10 @@ class EventProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def ping(self) -> None:
+        """Readiness: the broker answers a metadata request."""
+        await self._producer.client.fetch_all_metadata()
+
     async def publish(self, topic: str, event: CloudEvent, key: str) -> None:
         await self.publish_many([Outgoing(topic, event, key)])
 

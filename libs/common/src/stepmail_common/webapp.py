@@ -7,7 +7,8 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -104,3 +105,28 @@ async def cancel_and_wait(task: "asyncio.Task[None]", grace: float = 30.0) -> No
             await task
     except Exception:  # noqa: BLE001, S110 - already logged by supervise()
         pass
+
+
+class BackgroundWorker(Protocol):
+    """A loop with a lifecycle, such as ``EventConsumer``."""
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def start_background(
+    stack: AsyncExitStack, worker: BackgroundWorker, name: str, grace: float = 30.0
+) -> "asyncio.Task[None]":
+    """Start ``worker`` under supervision; on exit of ``stack`` ask it to stop, then wait."""
+    await worker.start()
+    task = supervise(worker.run(), name)
+
+    async def stop() -> None:
+        await worker.stop()
+        await cancel_and_wait(task, grace)
+
+    stack.push_async_callback(stop)
+    return task
