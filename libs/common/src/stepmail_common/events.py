@@ -61,6 +61,11 @@ class CloudEvent:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidEventError(f"not JSON: {exc}") from exc
+        return cls.from_dict(doc)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> "CloudEvent":
+        """Validate a decoded event document and build the event from it."""
         validate(doc)
         return cls(
             type=doc["type"],

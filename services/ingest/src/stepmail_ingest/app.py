@@ -62,6 +62,7 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
             app.state.repo = repo
             app.state.intake = EventIntake(repo, producer, topics, clock)
             app.state.pool = pool
+            app.state.producer = producer
             yield
 
     app = FastAPI(
@@ -74,7 +75,10 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
     async def db_ready() -> None:
         await app.state.pool.fetchval("SELECT 1")
 
-    install_common(app, {"database": db_ready})
+    async def broker_ready() -> None:
+        await app.state.producer.ping()
+
+    install_common(app, {"database": db_ready, "broker": broker_ready})
 
     def repo_of(request: Request) -> IngestRepository:
         repo: IngestRepository = request.app.state.repo

@@ -1,0 +1,132 @@
+"""The timer loop: claims due steps (any number of replicas, SKIP LOCKED), advances the
+enrollment and writes the ``steps-due`` event to the outbox in the same transaction.
+
+A restart loses no timer (they are rows) and fires none twice (claim, advance and
+outbox row commit together).
+"""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from stepmail_common import event_types
+from stepmail_common.clock import Clock
+from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.topics import Topics
+from stepmail_orchestrator import metrics, repository
+from stepmail_orchestrator.repository import Connection, DueEnrollment
+from stepmail_orchestrator.scenarios import Scenario
+
+log = logging.getLogger(__name__)
+SOURCE = "urn:stepmail:orchestrator"
+
+
+def message_id(enrollment_id: str, step_index: int) -> str:
+    """The mail's id, the same however often the step is looked at."""
+    return derived_id("message", enrollment_id, str(step_index))
+
+
+def step_due_event(due: DueEnrollment, scenario: Scenario) -> CloudEvent:
+    step = scenario.steps[due.step_index]
+    mid = message_id(str(due.id), due.step_index)
+    contact = {k: v for k, v in due.contact.items() if v is not None}
+    data: dict[str, Any] = {
+        "message_id": mid,
+        "enrollment_id": str(due.id),
+        "scenario": {"id": scenario.id, "version": due.scenario_version},
+        "step": {"id": step.id, "index": due.step_index},
+        "template": step.template,
+        "mail_kind": scenario.mail_kind,
+        "contact": contact,
+        "event": {"name": due.trigger_event["name"], "properties": due.trigger_event["properties"]},
+        "due_at": due.due_at.isoformat(),
+    }
+    return CloudEvent(
+        type=event_types.STEP_DUE,
+        source=SOURCE,
+        subject=due.contact["id"],
+        data=data,
+        id=derived_id("step-due", mid),
+    )
+
+
+class TimerLoop:
+    """Fires due steps; wakes on ``wake`` or every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        pool: "asyncpg.Pool[asyncpg.Record]",
+        topics: Topics,
+        clock: Clock,
+        wake: asyncio.Event,
+        outbox_ready: asyncio.Event,
+        *,
+        interval: float,
+        batch: int,
+    ) -> None:
+        self._pool = pool
+        self._topics = topics
+        self._clock = clock
+        self._wake = wake
+        self._outbox_ready = outbox_ready
+        self._interval = interval
+        self._batch = batch
+        self._stopping = asyncio.Event()
+        self._scenarios: dict[tuple[str, int], Scenario] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                fired = await self.fire_due()
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+                log.warning("timer pass failed; retrying", extra={"error": exc.__class__.__name__})
+                fired = 0
+            if fired >= self._batch:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+
+    async def _scenario(self, conn: Connection, scenario_id: str, version: int) -> Scenario:
+        key = (scenario_id, version)
+        if key not in self._scenarios:  # versions never change, so caching is safe
+            self._scenarios[key] = await repository.scenario_version(conn, scenario_id, version)
+        return self._scenarios[key]
+
+    async def fire_due(self) -> int:
+        """One pass: claim a batch of due steps and turn them into outbox rows."""
+        now = self._clock.now()
+        outbox: list[tuple[str, str, dict[str, Any]]] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await repository.claim_due(conn, now, self._batch)
+            for item in due:
+                scenario = await self._scenario(conn, item.scenario_id, item.scenario_version)
+                metrics.TIMER_LAG.observe(max(0.0, (now - item.due_at).total_seconds()))
+                if item.contact.get("email"):
+                    event = step_due_event(item, scenario)
+                    outbox.append((self._topics.steps_due, item.contact["id"], event.to_dict()))
+                    metrics.STEPS_DUE.labels(scenario.id).inc()
+                else:
+                    metrics.STEPS_SKIPPED.labels(scenario.id, "no_address").inc()
+                following = item.step_index + 1
+                next_due = (
+                    item.due_at + scenario.steps[following].wait
+                    if following < len(scenario.steps)
+                    else None
+                )
+                await repository.advance(conn, item.id, following, next_due)
+            if outbox:
+                await repository.add_outbox(conn, outbox)
+        if outbox:
+            self._outbox_ready.set()
+        return len(due)
