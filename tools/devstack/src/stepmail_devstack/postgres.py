@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from stepmail_devstack.processes import DevstackError, ManagedProcess
@@ -58,6 +59,12 @@ def psql(dsn: str, sql: str, *, timeout: float = 30.0) -> str:
     if result.returncode != 0:
         raise PostgresError(f"psql failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout.strip()
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same connection URL naming another database."""
+    parts = urllib.parse.urlsplit(dsn)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(database)))
 
 
 def quote_ident(name: str) -> str:
