@@ -30,7 +30,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
-from stepmail_devstack.processes import ManagedProcess
+from stepmail_devstack.processes import DevstackError, ManagedProcess, port_is_open
 
 STEPMAIL_ID_HEADER = "X-Stepmail-Message-Id"
 _MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -449,6 +449,9 @@ class CatcherProcess:
         with self._lock:
             if self.process.running:
                 return
+            for port in (self.smtp_port, self.http_port):
+                if port_is_open(self.host, port):
+                    raise DevstackError(f"port {self.host}:{port} is already in use")
             self.process.start()
             try:
                 self.process.wait_http_ok(f"{self.http_url}/healthz", self.start_timeout)

@@ -13,7 +13,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from stepmail_devstack.processes import DevstackError, ManagedProcess
+from stepmail_devstack.processes import DevstackError, ManagedProcess, port_is_open
 
 SUPERUSER = "stepmail"
 DATABASE = "stepmail"
@@ -270,6 +270,9 @@ class EmbeddedPostgres:
         """Initialise if needed, start the server, wait for it and create ``stepmail``."""
         if self._process is not None and self._process.running:
             return
+        # Otherwise pg_isready could take another server on this port for ours.
+        if port_is_open(self.host, self.port):
+            raise PostgresError(f"port {self.host}:{self.port} is already in use")
         ids = self._run_as()
         self._prepare_data_dir(ids)
         # A short path of our own: socket paths are limited to about 100 bytes.

@@ -134,7 +134,11 @@ class ManagedProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
-        """Start the child; starting a running process is an error."""
+        """Start the child; starting a running process is an error.
+
+        Call from a long-lived thread: the child is killed when the starting
+        thread ends (see :func:`die_with_parent_preexec`).
+        """
         if self.running:
             raise DevstackError(f"{self.name} is already running (pid {self.pid})")
         self._join_reader()

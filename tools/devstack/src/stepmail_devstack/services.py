@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from stepmail_devstack.processes import ManagedProcess
+from stepmail_devstack.processes import DevstackError, ManagedProcess, port_is_open
 
 SERVICE_NAMES: tuple[str, ...] = ("ingest", "orchestrator", "renderer", "sender", "tracker")
 SERVICE_PORTS: dict[str, int] = {
@@ -117,6 +117,12 @@ class ServiceProcess(ManagedProcess):
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        """Start the service; refuses a port something else already listens on."""
+        if not self.running and port_is_open(self.host, self.port):
+            raise DevstackError(f"{self.name}: port {self.host}:{self.port} is already in use")
+        super().start()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Poll ``GET /readyz`` until it answers 200; raises with the log tail."""
