@@ -1,5 +1,7 @@
 """The Postgres pool and the migrations runner; each service owns one schema."""
 
+from __future__ import annotations
+
 import hashlib
 import logging
 from importlib import resources
@@ -29,7 +31,7 @@ def _quote_ident(name: str) -> str:
 
 async def create_pool(
     dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
-) -> "asyncpg.Pool[asyncpg.Record]":
+) -> asyncpg.Pool[asyncpg.Record]:
     """A pool whose connections see ``schema`` first and decode JSON with orjson."""
     pool = await asyncpg.create_pool(
         dsn,
@@ -49,7 +51,7 @@ def _lock_key(schema: str) -> int:
     )
 
 
-async def migrate(pool: "asyncpg.Pool[asyncpg.Record]", schema: str, package: str) -> list[str]:
+async def migrate(pool: asyncpg.Pool[asyncpg.Record], schema: str, package: str) -> list[str]:
     """Apply ``<package>/migrations/*.sql`` in name order, once each, under an advisory lock.
 
     Safe with any number of replicas starting at once: the lock serialises them and the

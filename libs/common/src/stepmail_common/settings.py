@@ -39,6 +39,10 @@ class CommonSettings(BaseSettings):
             raise ValueError("KAFKA_TOPIC_PARTITIONS must be at least 1")
         return self
 
+    def consumer_group(self, service: str) -> str:
+        """The consumer group of ``service``: ``stepmail-sender`` with the default prefix."""
+        return f"{self.kafka_topic_prefix.rstrip('.')}-{service}"
+
     def refuse_placeholder(self, name: str, value: str, placeholder_prefix: str = "dev") -> None:
         """Outside development, a secret that still holds its dev placeholder is an error."""
         if self.stepmail_env == "production" and value.startswith(placeholder_prefix):

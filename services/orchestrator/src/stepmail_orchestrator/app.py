@@ -89,7 +89,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             consumer = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.contact_events],
-                group_id="stepmail-orchestrator",
+                group_id=settings.consumer_group("orchestrator"),
                 handler=ContactEventHandler(pool, settings, clock, timers_due),
                 producer=producer,
             )

@@ -5,10 +5,12 @@ A restart loses no timer (they are rows) and fires none twice (claim, advance an
 outbox row commit together).
 """
 
+from __future__ import annotations
+
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -17,8 +19,11 @@ from stepmail_common.clock import Clock
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import metrics, repository
-from stepmail_orchestrator.repository import Connection, DueEnrollment
+from stepmail_orchestrator.repository import DueEnrollment
 from stepmail_orchestrator.scenarios import Scenario
+
+if TYPE_CHECKING:
+    from stepmail_orchestrator.repository import Connection
 
 log = logging.getLogger(__name__)
 SOURCE = "urn:stepmail:orchestrator"
@@ -58,7 +63,7 @@ class TimerLoop:
 
     def __init__(
         self,
-        pool: "asyncpg.Pool[asyncpg.Record]",
+        pool: asyncpg.Pool[asyncpg.Record],
         topics: Topics,
         clock: Clock,
         wake: asyncio.Event,

@@ -1,0 +1,20 @@
+"""The platform fixture: every e2e module gets its own processes, topics and database."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import harness
+
+
+@pytest.fixture(scope="module")
+def platform(
+    fresh_database, kafka_bootstrap: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[harness.Platform]:
+    log_dir = tmp_path_factory.mktemp("logs")
+    running = harness.start(fresh_database("e2e"), kafka_bootstrap, repo_root, log_dir)
+    try:
+        yield running
+    finally:
+        harness.stop(running)
