@@ -129,7 +129,7 @@ async def read_topic(
     bootstrap: str,
     topic: str,
     until: Callable[[list[Any]], bool],
-    timeout: float = 20.0,
+    within: float = 20.0,
 ) -> list[Any]:
     """Read ``topic`` from the beginning until ``until(records)`` holds or the deadline."""
     consumer = AIOKafkaConsumer(
@@ -138,7 +138,7 @@ async def read_topic(
     await consumer.start()
     records: list[Any] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for messages in batch.values():
