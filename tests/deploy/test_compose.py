@@ -124,6 +124,15 @@ def test_stepmail_services_have_their_configuration(services: dict[str, Any]) ->
     )
 
 
+def test_example_scenarios_and_templates_are_mounted(services: dict[str, Any]) -> None:
+    for name, var, source in (
+        ("orchestrator", "ORCHESTRATOR_SCENARIOS_DIR", "./examples/scenarios"),
+        ("renderer", "RENDERER_TEMPLATES_DIR", "./examples/templates"),
+    ):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts.get(_env(services[name])[var]) == source, name
+
+
 def test_dev_secrets_are_placeholders(services: dict[str, Any]) -> None:
     """Compose secrets start with "dev", which STEPMAIL_ENV=production refuses."""
     for name in SERVICES:
