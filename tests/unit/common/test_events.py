@@ -1,0 +1,72 @@
+from datetime import UTC, datetime
+from importlib import resources
+
+import orjson
+import pytest
+
+from stepmail_common import event_types
+from stepmail_common.errors import InvalidEventError
+from stepmail_common.events import CloudEvent, data_validator, derived_id
+
+
+def _received(**data_changes):
+    data = {
+        "name": "signup",
+        "contact": {"id": "c-1", "email": "a@example.com", "name": "山田 花子"},
+        "properties": {},
+        "occurred_at": "2026-11-23T10:00:00+09:00",
+    }
+    data.update(data_changes)
+    return CloudEvent(
+        type=event_types.EVENT_RECEIVED,
+        source="urn:test",
+        subject="c-1",
+        data=data,
+        time=datetime(2026, 11, 23, 1, 0, tzinfo=UTC),
+    )
+
+
+def test_event_round_trips_through_json():
+    event = _received()
+    assert CloudEvent.from_json(event.to_json()) == event
+
+
+def test_structured_mode_attributes():
+    doc = orjson.loads(_received().to_json())
+    assert doc["specversion"] == "1.0"
+    assert doc["time"] == "2026-11-23T01:00:00Z"
+    assert doc["datacontenttype"] == "application/json"
+
+
+def test_every_event_type_has_a_schema():
+    names = {f.name for f in resources.files("stepmail_common").joinpath("schemas").iterdir()}
+    for event_type in event_types.ALL:
+        assert f"{event_type}.json" in names
+        data_validator(event_type)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "not JSON"),
+        (orjson.dumps({"specversion": "1.0"}), "event"),
+        (_received(contact={"email": "a@example.com"}).to_json(), "data.contact"),
+        (_received(name="").to_json(), "data.name"),
+    ],
+)
+def test_invalid_events_name_what_is_wrong(raw, message):
+    with pytest.raises(InvalidEventError, match=message):
+        CloudEvent.from_json(raw)
+
+
+def test_unknown_type_is_invalid():
+    doc = orjson.loads(_received().to_json())
+    doc["type"] = "stepmail.nothing.v1"
+    with pytest.raises(InvalidEventError, match="unknown event type"):
+        CloudEvent.from_dict(doc)
+
+
+def test_derived_ids_are_stable_and_distinct():
+    assert derived_id("message", "e1", "0") == derived_id("message", "e1", "0")
+    assert derived_id("message", "e1", "0") != derived_id("message", "e1", "1")
+    assert derived_id("a", "bc") != derived_id("ab", "c")

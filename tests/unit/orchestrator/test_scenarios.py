@@ -1,0 +1,72 @@
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from stepmail_orchestrator.scenarios import ScenarioError, load_dir, parse_duration, parse_scenario
+
+WELCOME = {
+    "id": "welcome",
+    "trigger": {"event": "signup"},
+    "steps": [
+        {"id": "hello", "send": {"template": "welcome"}},
+        {"wait": "2d", "send": {"template": "tips"}},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0s", timedelta(0)),
+        ("30m", timedelta(minutes=30)),
+        ("6h", timedelta(hours=6)),
+        ("2d", timedelta(days=2)),
+        ("1w", timedelta(weeks=1)),
+    ],
+)
+def test_durations(text, expected):
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "2 days", "-1d", "1y"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_scenario_defaults_and_ids():
+    scenario = parse_scenario(WELCOME, "welcome.yaml")
+    assert scenario.mail_kind == "marketing"
+    assert [s.id for s in scenario.steps] == ["hello", "step-2"]
+    assert scenario.steps[1].wait == timedelta(days=2)
+
+
+def test_digest_changes_with_content_only():
+    a = parse_scenario(WELCOME)
+    b = parse_scenario({**WELCOME})
+    changed = parse_scenario({**WELCOME, "steps": WELCOME["steps"][:1]})
+    assert a.digest() == b.digest() != changed.digest()
+    assert parse_scenario(a.to_definition()).digest() == a.digest()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": "Bad Id"}, "id"),
+        ({"trigger": {}}, "trigger.event"),
+        ({"steps": []}, "steps"),
+        ({"steps": [{"send": {}}]}, "steps[0].send.template"),
+        ({"steps": [{"wait": "soon", "send": {"template": "t"}}]}, "steps[0].wait"),
+        ({"mail_kind": "spam"}, "mail_kind"),
+    ],
+)
+def test_errors_name_file_and_field(change, field):
+    with pytest.raises(ScenarioError) as err:
+        parse_scenario({**WELCOME, **change}, "welcome.yaml")
+    assert str(err.value).startswith(f"welcome.yaml: {field}:")
+
+
+def test_example_scenarios_load(repo_root: Path):
+    scenarios = load_dir(repo_root / "examples" / "scenarios")
+    assert "welcome" in {s.id for s in scenarios}
