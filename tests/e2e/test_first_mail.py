@@ -58,8 +58,10 @@ def test_signup_sends_a_personal_welcome_mail_whose_link_is_tracked(platform: ha
         ce_kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
     )
     assert event.get_type() == "stepmail.engagement.clicked.v1"
-    assert event.get_data()["link"]["url"] == target
-    assert event.get_data()["contact_id"] == contact_id
+    data = event.get_data()
+    assert isinstance(data, dict)
+    assert data["link"]["url"] == target
+    assert data["contact_id"] == contact_id
 
 
 def test_malformed_event_is_refused_with_the_field_and_produces_nothing(

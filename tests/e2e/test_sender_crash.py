@@ -1,5 +1,6 @@
 """SIGKILL of the sender in the middle of a burst: every mail is accounted for."""
 
+import functools
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ def test_sigkill_of_the_sender_mid_burst_loses_and_duplicates_nothing(platform: 
     message_ids = {}
     for contact_id in contacts:
         enrollments = harness.wait_for(
-            lambda cid=contact_id: platform.enrollments(cid), 30, f"enrollment of {contact_id}"
+            functools.partial(platform.enrollments, contact_id), 30, f"enrollment of {contact_id}"
         )
         assert len(enrollments) == 1
         message_ids[derived_id("message", enrollments[0]["id"], "0")] = contact_id

@@ -1,11 +1,12 @@
 from datetime import timedelta
+from typing import Any
 from pathlib import Path
 
 import pytest
 
 from stepmail_orchestrator.scenarios import ScenarioError, load_dir, parse_duration, parse_scenario
 
-WELCOME = {
+WELCOME: dict[str, Any] = {
     "id": "welcome",
     "trigger": {"event": "signup"},
     "steps": [
