@@ -1,6 +1,6 @@
 from datetime import timedelta
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
