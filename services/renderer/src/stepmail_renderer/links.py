@@ -1,0 +1,100 @@
+"""Click tracking: every http(s) link of a mail becomes a signed redirect through the tracker.
+
+Links are numbered by their position in the HTML part; a link of the text part that also
+appears in the HTML gets the same number, so both parts' clicks count as one link.
+"""
+
+import html
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from urllib.parse import quote
+
+_LINK_TAG = re.compile(r"<(?:a|area)\b[^>]*>", re.IGNORECASE)
+_HREF = re.compile(r"""(\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
+_HTTP = re.compile(r"^https?://", re.IGNORECASE)
+# In text, a URL is printable ASCII; Japanese text often runs straight on after it.
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'\x00-\x1f\x7f-\U0010ffff]+""", re.IGNORECASE)
+_TRAILING = ".,;:!?'*"
+# Characters kept as they are when a target URL is made safe for a Location header.
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+Wrap = Callable[[int, str], str]
+
+
+def normalise_url(url: str) -> str:
+    """A lowercase scheme and percent-encoded non-ASCII, so the URL survives a header."""
+    url = url.strip()
+    match = _HTTP.match(url)
+    if match:
+        url = match.group(0).lower() + url[match.end() :]
+    return quote(url, safe=_URL_SAFE)
+
+
+def _trim(url: str) -> str:
+    """Drop sentence punctuation that a text URL picked up at its end."""
+    while url:
+        last = url[-1]
+        unbalanced = (last == ")" and url.count("(") < url.count(")")) or (
+            last == "]" and url.count("[") < url.count("]")
+        )
+        if last not in _TRAILING and not unbalanced:
+            break
+        url = url[:-1]
+    return url
+
+
+class LinkTracker:
+    """Rewrites one mail's links; call ``html`` first, then ``text``."""
+
+    def __init__(self, wrap: Wrap, keep: set[str]) -> None:
+        self._wrap = wrap
+        self._keep = keep
+        self._positions: dict[str, list[int]] = defaultdict(list)
+        self._text_only: dict[str, int] = {}
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """How many distinct link positions were tracked."""
+        return self._count
+
+    def _next(self) -> int:
+        index = self._count
+        self._count += 1
+        return index
+
+    def html(self, body: str) -> str:
+        def href(match: re.Match[str]) -> str:
+            raw = next(g for g in match.groups()[1:] if g is not None)
+            url = html.unescape(raw).strip()
+            if not _HTTP.match(url) or url in self._keep:
+                return match.group(0)
+            url = normalise_url(url)
+            index = self._next()
+            self._positions[url].append(index)
+            return f'{match.group(1)}"{html.escape(self._wrap(index, url))}"'
+
+        return _LINK_TAG.sub(lambda tag: _HREF.sub(href, tag.group(0)), body)
+
+    def text(self, body: str) -> str:
+        seen: dict[str, int] = defaultdict(int)
+
+        def url_at(match: re.Match[str]) -> str:
+            found = match.group(0)
+            url = _trim(found)
+            rest = found[len(url) :]
+            if url in self._keep or not _HTTP.match(url):
+                return found
+            url = normalise_url(url)
+            positions = self._positions.get(url)
+            if positions:
+                index = positions[min(seen[url], len(positions) - 1)]
+            elif url in self._text_only:
+                index = self._text_only[url]
+            else:
+                index = self._text_only[url] = self._next()
+            seen[url] += 1
+            return self._wrap(index, url) + rest
+
+        return _TEXT_URL.sub(url_at, body)

@@ -1,0 +1,142 @@
+"""MIME by hand, so that every byte is known: 7-bit, CRLF, short encoded-words.
+
+The standard library's folding can emit 76-character encoded-words (RFC 2047 allows 75),
+so headers with non-ASCII text are encoded here, word by word.
+"""
+
+import base64
+import re
+from collections.abc import Sequence
+from email.utils import formataddr
+
+from stepmail_common.errors import PermanentError
+
+CRLF = "\r\n"
+MAX_ENCODED_WORD = 75
+# RFC 2047: a line holding an encoded-word is at most 76 characters.
+MAX_ENCODED_LINE = 76
+MAX_LINE = 998
+_WORD_OVERHEAD = len("=?UTF-8?B??=")
+_ADDRESS = re.compile(r"^[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-\[\]:]+$")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+
+
+class MimeError(PermanentError):
+    """A mail that cannot be written as valid 7-bit MIME."""
+
+
+def clean_phrase(text: str) -> str:
+    """One line of text: controls and line breaks become spaces, runs of space collapse."""
+    return " ".join(_CONTROLS.sub(" ", text).split())
+
+
+def _max_bytes(line_used: int) -> int:
+    room = min(MAX_ENCODED_WORD, MAX_ENCODED_LINE - line_used) - _WORD_OVERHEAD
+    return (room // 4) * 3
+
+
+def _encoded_words(text: str, line_used: int) -> list[str]:
+    """``text`` as B encoded-words; the first fits after ``line_used`` characters."""
+    words: list[str] = []
+    chunk = b""
+    budget = _max_bytes(line_used)
+    if budget < 3:  # not even one character fits after the field name: start a new line
+        words.append("")
+        budget = _max_bytes(1)
+    for char in text:
+        encoded = char.encode()
+        if chunk and len(chunk) + len(encoded) > budget:
+            words.append(f"=?UTF-8?B?{base64.b64encode(chunk).decode()}?=")
+            chunk = b""
+            budget = _max_bytes(1)
+        chunk += encoded
+    if chunk:
+        words.append(f"=?UTF-8?B?{base64.b64encode(chunk).decode()}?=")
+    return words
+
+
+def _join(prefix: str, words: list[str]) -> str:
+    # An empty first word means the field name left no room: the words start below it.
+    if words[0] == "":
+        return prefix.rstrip() + (CRLF + " ").join(words)
+    return prefix + (CRLF + " ").join(words)
+
+
+def _needs_encoding(text: str) -> bool:
+    return not text.isascii() or "=?" in text
+
+
+def unstructured(name: str, text: str) -> str:
+    """A header line of free text (Subject), encoded and folded when needed."""
+    text = clean_phrase(text)
+    prefix = f"{name}: "
+    if not _needs_encoding(text) and len(prefix) + len(text) <= MAX_ENCODED_LINE:
+        return prefix + text
+    return _join(prefix, _encoded_words(text, len(prefix)))
+
+
+def check_address(address: str) -> str:
+    """A plain ASCII addr-spec, or ``MimeError``: no SMTPUTF8 yet, no header tricks."""
+    if len(address) > 254 or not _ADDRESS.match(address):
+        raise MimeError("the address is not a plain ASCII addr-spec")
+    return address
+
+
+def mailbox(name: str, display_name: str | None, address: str) -> str:
+    """An address header line (From, To) with an optional display name."""
+    address = check_address(address)
+    prefix = f"{name}: "
+    phrase = clean_phrase(display_name or "")
+    if not phrase:
+        return prefix + address
+    if not _needs_encoding(phrase):
+        line = prefix + formataddr((phrase, address))
+        if len(line) <= MAX_LINE:
+            return line
+    words = _encoded_words(phrase, len(prefix))
+    tail = f"<{address}>"
+    last_line = len(words[-1]) + (len(prefix) if len(words) == 1 else 1)
+    separator = " " if last_line + 1 + len(tail) <= MAX_ENCODED_LINE else CRLF + " "
+    return _join(prefix, words) + separator + tail
+
+
+def plain(name: str, value: str) -> str:
+    """A header line of ASCII that needs no encoding (ids, dates, URIs)."""
+    if not value.isascii() or _CONTROLS.search(value.replace(CRLF + " ", "")):
+        raise MimeError(f"{name} holds characters a header cannot carry")
+    return f"{name}: {value}"
+
+
+def _body(content: str) -> str:
+    canonical = content.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
+    return base64.encodebytes(canonical.encode()).decode().replace("\n", CRLF)
+
+
+def alternative(headers: Sequence[str], text: str, html: str, boundary: str) -> str:
+    """The whole message: ``headers`` lines, then text/plain first and text/html last."""
+    lines = [
+        *headers,
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+    ]
+    for header in lines:
+        for physical in header.split(CRLF):
+            if len(physical) > MAX_LINE:
+                raise MimeError(f"a header line is longer than {MAX_LINE} characters")
+    parts = []
+    for subtype, content in (("plain", text), ("html", html)):
+        parts.append(
+            f"--{boundary}{CRLF}"
+            f'Content-Type: text/{subtype}; charset="UTF-8"{CRLF}'
+            f"Content-Transfer-Encoding: base64{CRLF}{CRLF}"
+            f"{_body(content)}"
+        )
+    return (
+        CRLF.join(lines)
+        + CRLF
+        + CRLF
+        + "This is a multi-part message in MIME format."
+        + CRLF
+        + "".join(parts)
+        + f"--{boundary}--{CRLF}"
+    )
