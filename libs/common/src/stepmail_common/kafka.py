@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -50,11 +50,16 @@ async def ensure_topics(
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One event bound for a topic, keyed by contact id."""
+    """One event bound for a topic, keyed by contact id.
+
+    ``trace_context`` (a stored ``traceparent`` carrier) continues the trace of the work
+    that produced the event when it is published later, e.g. from an outbox.
+    """
 
     topic: str
     event: CloudEvent
     key: str
+    trace_context: Mapping[str, str] | None = None
 
 
 class EventProducer:
@@ -103,6 +108,7 @@ class EventProducer:
                 validate(doc)
                 with tracer.start_as_current_span(
                     f"send {item.topic}",
+                    context=telemetry.context_from_carrier(item.trace_context),
                     kind=trace.SpanKind.PRODUCER,
                     attributes={
                         "messaging.system": "kafka",

@@ -106,6 +106,17 @@ def configure_tracing(
     return provider
 
 
+def trace_carrier() -> dict[str, str]:
+    """The current trace context as a small dict, to store beside work done later."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def context_from_carrier(carrier: Mapping[str, str] | None) -> otel_context.Context | None:
+    return None if not carrier else propagate.extract(carrier)
+
+
 def inject_headers() -> list[tuple[str, bytes]]:
     """The current trace context as Kafka headers (``traceparent``, ``tracestate``)."""
     carrier: dict[str, str] = {}

@@ -5,7 +5,7 @@ import logging
 
 import asyncpg
 
-from stepmail_common import event_types
+from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
 from stepmail_common.events import CloudEvent
 from stepmail_orchestrator import metrics, repository
@@ -46,7 +46,12 @@ class ContactEventHandler:
                 self._settings.default_time_zone,
             )
             now = self._clock.now()
-            trigger = {"id": event.id, "name": data["name"], "properties": data["properties"]}
+            trigger = {
+                "id": event.id,
+                "name": data["name"],
+                "properties": data["properties"],
+                "trace": telemetry.trace_carrier(),
+            }
             for scenario, version in await repository.active_triggered_by(conn, data["name"]):
                 if await repository.enroll(
                     conn, scenario.id, version, event.subject, trigger, now + scenario.steps[0].wait

@@ -69,7 +69,10 @@ class OutboxRelay:
             if not rows:
                 return 0
             await self._producer.publish_many(
-                [Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"]) for r in rows]
+                [
+                    Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"], r["trace"])
+                    for r in rows
+                ]
             )
             await repository.delete_outbox(conn, [r["id"] for r in rows])
         metrics.OUTBOX_PUBLISHED.inc(len(rows))

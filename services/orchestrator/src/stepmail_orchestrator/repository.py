@@ -185,13 +185,20 @@ async def advance(
     )
 
 
-async def add_outbox(conn: Connection, rows: list[tuple[str, str, dict[str, Any]]]) -> None:
-    await conn.executemany("INSERT INTO outbox (topic, key, event) VALUES ($1, $2, $3)", rows)
+OutboxRow = tuple[str, str, dict[str, Any], dict[str, str]]
+
+
+async def add_outbox(conn: Connection, rows: list[OutboxRow]) -> None:
+    """Rows of (topic, key, event document, trace carrier)."""
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)", rows
+    )
 
 
 async def take_outbox(conn: Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, topic, key, event FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, topic, key, event, trace FROM outbox"
+        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
 

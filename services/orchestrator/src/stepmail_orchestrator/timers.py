@@ -13,19 +13,21 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from opentelemetry import trace
 
-from stepmail_common import event_types
+from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import metrics, repository
-from stepmail_orchestrator.repository import DueEnrollment
+from stepmail_orchestrator.repository import DueEnrollment, OutboxRow
 from stepmail_orchestrator.scenarios import Scenario
 
 if TYPE_CHECKING:
     from stepmail_orchestrator.repository import Connection
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("stepmail.orchestrator")
 SOURCE = "urn:stepmail:orchestrator"
 
 
@@ -111,7 +113,7 @@ class TimerLoop:
     async def fire_due(self) -> int:
         """One pass: claim a batch of due steps and turn them into outbox rows."""
         now = self._clock.now()
-        outbox: list[tuple[str, str, dict[str, Any]]] = []
+        outbox: list[OutboxRow] = []
         async with self._pool.acquire() as conn, conn.transaction():
             due = await repository.claim_due(conn, now, self._batch)
             for item in due:
@@ -119,7 +121,13 @@ class TimerLoop:
                 metrics.TIMER_LAG.observe(max(0.0, (now - item.due_at).total_seconds()))
                 if item.contact.get("email"):
                     event = step_due_event(item, scenario)
-                    outbox.append((self._topics.steps_due, item.contact["id"], event.to_dict()))
+                    # The step continues the trace of the event that enrolled the contact.
+                    parent = telemetry.context_from_carrier(item.trigger_event.get("trace"))
+                    with tracer.start_as_current_span("fire step", context=parent):
+                        carrier = telemetry.trace_carrier()
+                    outbox.append(
+                        (self._topics.steps_due, item.contact["id"], event.to_dict(), carrier)
+                    )
                     metrics.STEPS_DUE.labels(scenario.id).inc()
                 else:
                     metrics.STEPS_SKIPPED.labels(scenario.id, "no_address").inc()

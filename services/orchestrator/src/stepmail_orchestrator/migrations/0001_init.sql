@@ -53,5 +53,7 @@ CREATE TABLE outbox (
     topic       text NOT NULL,
     key         text NOT NULL,
     event       jsonb NOT NULL,
+    -- the traceparent of the work that wrote the row, so the trace goes on
+    trace       jsonb,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
