@@ -14,7 +14,9 @@ _LINK_TAG = re.compile(r"<(?:a|area)\b[^>]*>", re.IGNORECASE)
 _HREF = re.compile(r"""(\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
 _HTTP = re.compile(r"^https?://", re.IGNORECASE)
 # In text, a URL is printable ASCII; Japanese text often runs straight on after it.
-_TEXT_URL = re.compile(r"""https?://[^\s<>"'\x00-\x1f\x7f-\U0010ffff]+""", re.IGNORECASE)
+# No IGNORECASE here: it would make ASCII letters match the non-ASCII range through
+# their case variants (s/ſ, k/K), cutting URLs short.
+_TEXT_URL = re.compile(r"""[Hh][Tt][Tt][Pp][Ss]?://[!#-&(-;=?-~]+""")
 _TRAILING = ".,;:!?'*"
 # Characters kept as they are when a target URL is made safe for a Location header.
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
