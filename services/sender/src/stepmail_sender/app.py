@@ -1,0 +1,144 @@
+"""The sender: consumes rendered mails, hands them to SMTP once, reports every outcome."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from stepmail_common.clock import Clock, SystemClock
+from stepmail_common.db import create_pool, migrate
+from stepmail_common.kafka import EventConsumer, EventProducer, ensure_topics
+from stepmail_common.problems import Problem
+from stepmail_common.topics import Topics
+from stepmail_common.webapp import install_common, start_background
+from stepmail_sender.delivery import Deliverer
+from stepmail_sender.handlers import dispatcher
+from stepmail_sender.ledger import Ledger
+from stepmail_sender.loops import OutboxRelay, Recovery
+from stepmail_sender.owners import OwnerLease
+from stepmail_sender.schemas import DeliveryOut
+from stepmail_sender.settings import SenderSettings
+from stepmail_sender.smtp import SmtpTransport, parse_smtp_url
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "stepmail-sender"
+
+
+async def run_migrations(settings: SenderSettings) -> None:
+    pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
+    try:
+        await migrate(pool, settings.db_schema, "stepmail_sender")
+    finally:
+        await pool.close()
+
+
+def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
+    clock = clock or SystemClock()
+    topics = Topics(settings.kafka_topic_prefix)
+    smtp_target = parse_smtp_url(settings.smtp_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            pool = await create_pool(
+                settings.database_url, settings.db_schema, max_size=settings.database_pool_max
+            )
+            stack.push_async_callback(pool.close)
+            await migrate(pool, settings.db_schema, "stepmail_sender")
+            await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [topics.mail_rendered, topics.delivery_events],
+                settings.kafka_topic_partitions,
+                settings.kafka_topic_replication,
+            )
+            producer = EventProducer(
+                settings.kafka_bootstrap_servers,
+                "stepmail-sender",
+                enable_idempotence=settings.kafka_enable_idempotence,
+            )
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+            # Closed after everything that sends has stopped: the lock proves we are alive.
+            lease = OwnerLease(settings.database_url, settings.db_schema)
+            await lease.start()
+            stack.push_async_callback(lease.close)
+            transport = SmtpTransport(smtp_target, timeout=settings.smtp_timeout_seconds)
+            stack.push_async_callback(transport.close)
+
+            ledger = Ledger(pool, topics.delivery_events)
+            deliverer = Deliverer(
+                ledger,
+                transport,
+                clock,
+                owner=lease.owner,
+                policy=settings.sender_ambiguous_policy,
+                retries=settings.smtp_retries,
+                retry_backoff=settings.smtp_retry_backoff_seconds,
+                owner_wait=settings.sender_owner_wait_seconds,
+            )
+            await start_background(stack, lease, "owner-lease")
+            relay = OutboxRelay(
+                pool,
+                producer,
+                ledger.outbox_ready,
+                interval=settings.sender_outbox_interval_seconds,
+            )
+            await start_background(stack, relay, "outbox-relay")
+            # Mails orphaned by a killed predecessor are resolved before new ones are taken.
+            await deliverer.recover()
+            recovery = Recovery(deliverer, interval=settings.sender_recovery_interval_seconds)
+            await start_background(stack, recovery, "ambiguous-recovery")
+            consumer = EventConsumer(
+                bootstrap=settings.kafka_bootstrap_servers,
+                topics=[topics.mail_rendered],
+                group_id=CONSUMER_GROUP,
+                handler=dispatcher(deliverer),
+                producer=producer,
+            )
+            await start_background(stack, consumer, "consumer")
+            app.state.pool = pool
+            app.state.producer = producer
+            app.state.ledger = ledger
+            app.state.deliverer = deliverer
+            log.info(
+                "sender started",
+                extra={"owner": lease.owner, "policy": settings.sender_ambiguous_policy},
+            )
+            yield
+
+    app = FastAPI(
+        title="stepmail sender",
+        version="1.0.0",
+        summary="Rendered mails in; SMTP handover once per message id; delivery events out.",
+        lifespan=lifespan,
+    )
+
+    async def db_ready() -> None:
+        await app.state.pool.fetchval("SELECT 1")
+
+    async def broker_ready() -> None:
+        await app.state.producer.ping()
+
+    install_common(app, {"database": db_ready, "broker": broker_ready})
+
+    @app.get(
+        "/v1/deliveries/{message_id}",
+        response_model=DeliveryOut,
+        summary="The ledger row of one mail",
+        responses={404: {"description": "No mail with this message id"}},
+    )
+    async def get_delivery(message_id: str, request: Request) -> DeliveryOut:
+        ledger: Ledger = request.app.state.ledger
+        delivery = await ledger.get(message_id)
+        if delivery is None:
+            raise Problem(
+                404,
+                "Delivery not found",
+                "No mail with this message id is in the ledger.",
+                type_="urn:stepmail:problem:not-found",
+            )
+        return DeliveryOut(**delivery.public())
+
+    return app
