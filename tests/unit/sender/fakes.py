@@ -1,0 +1,138 @@
+"""Hand-written fakes of the ledger and the SMTP transport, with the real semantics."""
+
+import dataclasses
+from datetime import UTC, datetime
+
+from stepmail_sender.domain import Delivery, Parcel, RenderedMail
+from stepmail_sender.smtp import Reply, Verdict, reply_of
+
+
+class FakeLedger:
+    """The ledger's conditional transitions over a dict; events collected in order."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, Delivery] = {}
+        self.parcels: dict[str, Parcel] = {}
+        self.events: list[Delivery] = []
+        self.live_owners: set[int] = set()
+
+    async def accept(self, mail: RenderedMail, at: datetime) -> bool:
+        if mail.message_id in self.rows:
+            return False
+        self.rows[mail.message_id] = Delivery(
+            message_id=mail.message_id,
+            contact_id=mail.contact_id,
+            scenario_id=mail.scenario_id,
+            scenario_version=mail.scenario_version,
+            step_id=mail.step_id,
+            step_index=mail.step_index,
+            state="accepted",
+            attempt=0,
+            owner=None,
+            resend=False,
+            policy=None,
+            smtp_code=None,
+            smtp_response=None,
+            created_at=at,
+            updated_at=at,
+            claimed_at=None,
+            finished_at=None,
+        )
+        self.parcels[mail.message_id] = mail.parcel
+        return True
+
+    def _set(self, row: Delivery, **changes) -> Delivery:
+        new = dataclasses.replace(row, **changes)
+        self.rows[row.message_id] = new
+        self.events.append(new)
+        return new
+
+    async def claim(self, message_id: str, owner: int, at: datetime) -> Delivery | None:
+        row = self.rows[message_id]
+        if row.state == "accepted" or (row.state == "ambiguous" and row.policy == "resend"):
+            return self._set(
+                row,
+                state="sending",
+                owner=owner,
+                attempt=row.attempt + 1,
+                resend=row.state == "ambiguous",
+                claimed_at=at,
+            )
+        return None
+
+    def _holds(self, claimed: Delivery) -> Delivery | None:
+        row = self.rows[claimed.message_id]
+        same = (row.state, row.owner, row.attempt) == ("sending", claimed.owner, claimed.attempt)
+        return row if same else None
+
+    async def finish(self, claimed, state, smtp_code, smtp_response, at) -> Delivery | None:
+        row = self._holds(claimed)
+        if row is None:
+            return None
+        self.parcels.pop(claimed.message_id, None)
+        return self._set(
+            row, state=state, smtp_code=smtp_code, smtp_response=smtp_response, finished_at=at
+        )
+
+    async def mark_ambiguous(self, stuck, policy, smtp_response, at) -> Delivery | None:
+        row = self._holds(stuck)
+        if row is None:
+            return None
+        if policy == "hold":
+            self.parcels.pop(stuck.message_id, None)
+        return self._set(row, state="ambiguous", policy=policy, smtp_response=smtp_response)
+
+    async def get(self, message_id: str) -> Delivery | None:
+        return self.rows.get(message_id)
+
+    async def parcel(self, message_id: str) -> Parcel | None:
+        return self.parcels.get(message_id)
+
+    async def orphans(self, me: int) -> list[Delivery]:
+        return [
+            r
+            for r in self.rows.values()
+            if r.state == "sending" and (r.owner == me or r.owner not in self.live_owners)
+        ]
+
+    async def owner_alive(self, owner: int) -> bool:
+        return owner in self.live_owners
+
+
+class FakeTransport:
+    """Answers from a script of replies (then 250), remembering what was sent."""
+
+    def __init__(self, *script: Reply) -> None:
+        self.script = list(script)
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    async def send(self, mail_from: str, rcpt_to: str, message: bytes) -> Reply:
+        self.sent.append((mail_from, rcpt_to, message))
+        if self.script:
+            return self.script.pop(0)
+        return reply_of(250, "2.0.0 Ok: queued")
+
+
+def connection_lost() -> Reply:
+    return Reply(Verdict.CONNECTION, None, "SMTPServerDisconnected")
+
+
+def data_broken() -> Reply:
+    return Reply(Verdict.UNKNOWN, None, "SMTPServerDisconnected: during DATA")
+
+
+def a_mail(message_id: str = "msg-1", contact_id: str = "contact-1") -> RenderedMail:
+    return RenderedMail.from_data(
+        {
+            "message_id": message_id,
+            "enrollment_id": "enr-1",
+            "scenario": {"id": "welcome", "version": 1},
+            "step": {"id": "day0", "index": 0},
+            "contact_id": contact_id,
+            "mail_kind": "marketing",
+            "envelope": {"mail_from": "news@example.com", "rcpt_to": "someone@example.org"},
+            "mime": "From: news@example.com\r\nTo: someone@example.org\r\n"
+            f"Subject: hi\r\nX-Stepmail-Message-Id: {message_id}\r\n\r\nHello\r\n",
+            "rendered_at": datetime.now(UTC).isoformat(),
+        }
+    )
