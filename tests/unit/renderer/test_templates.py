@@ -76,7 +76,12 @@ def test_links_outside_anchors_and_non_http_links_are_left_alone():
 
 def test_non_ascii_urls_are_percent_encoded_before_signing():
     seen: list[str] = []
-    tracker = LinkTracker(lambda index, url: seen.append(url) or f"T{index}", keep=set())
+
+    def wrap(index: int, url: str) -> str:
+        seen.append(url)
+        return f"T{index}"
+
+    tracker = LinkTracker(wrap, keep=set())
     tracker.html('<a href="https://shop.example.jp/商品?q=靴 下">x</a>')
     assert seen == ["https://shop.example.jp/%E5%95%86%E5%93%81?q=%E9%9D%B4%20%E4%B8%8B"]
 
