@@ -104,10 +104,10 @@ async def mark_ambiguous(
 ) -> Delivery | None:
     """Turn an attempt whose fate is unknown into ``ambiguous``; keep the parcel to resend."""
     row = await conn.fetchrow(
-        "UPDATE deliveries SET state = 'ambiguous', policy = $4, smtp_code = NULL,"  # noqa: S608 - constant columns
-        " smtp_response = $5, updated_at = $6,"
-        " finished_at = CASE WHEN $4 = 'hold' THEN $6 END,"
-        " mail = CASE WHEN $4 = 'hold' THEN NULL ELSE mail END"
+        "UPDATE deliveries SET state = 'ambiguous', policy = $4::text, smtp_code = NULL,"  # noqa: S608 - constant columns
+        " smtp_response = $5::text, updated_at = $6::timestamptz,"
+        " finished_at = CASE WHEN $4::text = 'hold' THEN $6::timestamptz END,"
+        " mail = CASE WHEN $4::text = 'hold' THEN NULL ELSE mail END"
         " WHERE message_id = $1 AND state = 'sending' AND owner = $2 AND attempt = $3"
         f" RETURNING {_COLUMNS}",
         stuck.message_id,

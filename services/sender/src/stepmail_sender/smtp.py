@@ -106,7 +106,7 @@ class Reply:
 
 def redact(text: str) -> str:
     """Servers echo addresses in their replies; the ledger and events keep none."""
-    return _ADDRESS.sub("<redacted>", text)[:MAX_REPLY_TEXT]
+    return _ADDRESS.sub("redacted", text)[:MAX_REPLY_TEXT]
 
 
 def classify(code: int) -> Verdict:
