@@ -56,6 +56,7 @@ class ScriptedSmtp:
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
+        assert isinstance(envelope.content, bytes)
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.received.append(
             Received(
@@ -67,7 +68,7 @@ class ScriptedSmtp:
         if set(envelope.rcpt_tos) & self.drop_in_data:
             # The message arrived, but the client never learns it: the ambiguous case (once).
             self.drop_in_data -= set(envelope.rcpt_tos)
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
         return "250 2.0.0 Ok: queued"
 
