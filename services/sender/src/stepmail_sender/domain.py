@@ -2,14 +2,12 @@
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from stepmail_common.errors import PermanentError
 
 State = Literal["accepted", "sending", "sent", "failed", "ambiguous", "deferred", "suppressed"]
 Policy = Literal["hold", "resend"]
-
-SENDING: Final = "sending"
 
 
 @dataclass(frozen=True, slots=True)

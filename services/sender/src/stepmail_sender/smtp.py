@@ -200,12 +200,6 @@ class SmtpTransport:
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             self._drop()
 
-    async def ping(self) -> None:
-        """Readiness: the server answers (connects if needed)."""
-        async with self._lock:
-            client = await self._connected()
-            await client.noop()
-
     async def close(self) -> None:
         """Say QUIT if connected, then close; safe twice."""
         async with self._lock:
