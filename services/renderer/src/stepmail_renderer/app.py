@@ -50,7 +50,10 @@ async def sync_templates(settings: RendererSettings, repo: RendererRepository) -
         )
 
 
-def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAPI:
+def create_app(
+    settings: RendererSettings, clock: Clock | None = None, group_id: str = CONSUMER_GROUP
+) -> FastAPI:
+    """The app; ``group_id`` lets tests run renderers side by side without sharing a group."""
     clock = clock or SystemClock()
     topics = Topics(settings.kafka_topic_prefix)
 
@@ -92,7 +95,7 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
             consumer = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.steps_due],
-                group_id=CONSUMER_GROUP,
+                group_id=group_id,
                 handler=StepDueHandler(repo, renderer, producer, topics, clock),
                 producer=producer,
             )

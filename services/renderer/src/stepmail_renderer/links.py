@@ -15,7 +15,7 @@ _HREF = re.compile(r"""(\bhref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""",
 _HTTP = re.compile(r"^https?://", re.IGNORECASE)
 # In text, a URL is printable ASCII; Japanese text often runs straight on after it.
 # No IGNORECASE here: it would make ASCII letters match the non-ASCII range through
-# their case variants (s/ſ, k/K), cutting URLs short.
+# their case variants (U+017F long s, U+212A Kelvin sign), cutting URLs short.
 _TEXT_URL = re.compile(r"""[Hh][Tt][Tt][Pp][Ss]?://[!#-&(-;=?-~]+""")
 _TRAILING = ".,;:!?'*"
 # Characters kept as they are when a target URL is made safe for a Location header.

@@ -1,4 +1,3 @@
-
 """The pages a recipient sees: Japanese first, English below."""
 
 from fastapi.responses import HTMLResponse
