@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from opentelemetry import trace
 
 from stepmail_common import telemetry
@@ -213,9 +218,20 @@ class EventConsumer:
                             break
                         done[tp] = record.offset + 1
                 if done:
-                    await self._consumer.commit(done)
+                    await self._commit(done)
         finally:
             await self.close()
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit; a partition lost in a rebalance meanwhile is re-read by its new owner,
+        which is harmless because handlers are idempotent."""
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning(
+                "offset commit refused after a rebalance; the new owner re-reads",
+                extra={"error": exc.__class__.__name__},
+            )
 
     async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Handle one record; ``False`` means the loop is stopping and it was not done."""
