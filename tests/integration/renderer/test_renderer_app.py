@@ -65,7 +65,7 @@ async def renderer(
     database_url: str, kafka_bootstrap: str, tmp_path: Path, repo_root: Path
 ) -> AsyncIterator[Renderer]:
     settings = _settings(database_url, kafka_bootstrap, _templates(tmp_path, repo_root))
-    app = create_app(settings, group_id=f"{settings.kafka_topic_prefix}renderer")
+    app = create_app(settings)
     async with (
         app.router.lifespan_context(app),
         EventProducer(kafka_bootstrap, "test", enable_idempotence=False) as producer,

@@ -22,8 +22,6 @@ from stepmail_renderer.templates import StoredTemplate, load_directory
 
 log = logging.getLogger(__name__)
 
-CONSUMER_GROUP = "stepmail-renderer"
-
 
 async def run_migrations(settings: RendererSettings) -> None:
     pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
@@ -50,10 +48,7 @@ async def sync_templates(settings: RendererSettings, repo: RendererRepository) -
         )
 
 
-def create_app(
-    settings: RendererSettings, clock: Clock | None = None, group_id: str = CONSUMER_GROUP
-) -> FastAPI:
-    """The app; ``group_id`` lets tests run renderers side by side without sharing a group."""
+def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     topics = Topics(settings.kafka_topic_prefix)
 
@@ -95,7 +90,7 @@ def create_app(
             consumer = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.steps_due],
-                group_id=group_id,
+                group_id=settings.consumer_group("renderer"),
                 handler=StepDueHandler(repo, renderer, producer, topics, clock),
                 producer=producer,
             )

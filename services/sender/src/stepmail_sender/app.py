@@ -23,8 +23,6 @@ from stepmail_sender.smtp import SmtpTransport, parse_smtp_url
 
 log = logging.getLogger(__name__)
 
-CONSUMER_GROUP = "stepmail-sender"
-
 
 async def run_migrations(settings: SenderSettings) -> None:
     pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
@@ -93,7 +91,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
             consumer = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.mail_rendered],
-                group_id=CONSUMER_GROUP,
+                group_id=settings.consumer_group("sender"),
                 handler=dispatcher(deliverer),
                 producer=producer,
             )
