@@ -13,10 +13,10 @@ from stepmail_common.clock import ManualClock
 from stepmail_common.db import create_pool, migrate
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import EventProducer, ensure_topics
+from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.handlers import ContactEventHandler
-from stepmail_orchestrator.relay import OutboxRelay
 from stepmail_orchestrator.scenarios import parse_scenario
 from stepmail_orchestrator.settings import OrchestratorSettings
 from stepmail_orchestrator.timers import TimerLoop
@@ -152,9 +152,9 @@ async def test_relay_publishes_outbox_rows_once_with_contact_keys(
     )
     await timer.fire_due()
     async with EventProducer(kafka_bootstrap, "test", enable_idempotence=False) as producer:
-        relay = OutboxRelay(pool, producer, asyncio.Event(), interval=0.1)
-        assert await relay.publish_pending() == 20
-        assert await relay.publish_pending() == 0
+        relay = OutboxRelay(pool, producer, interval=0.1)
+        assert await relay.run_once() is False  # all 20 fit in one batch
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
     consumer = AIOKafkaConsumer(
         topics.steps_due, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
     )

@@ -130,3 +130,18 @@ async def start_background(
 
     stack.push_async_callback(stop)
     return task
+
+
+def dependency_checks(app: FastAPI, *, database: bool = True) -> dict[str, ReadinessCheck]:
+    """Readiness of ``app.state.pool`` (unless ``database`` is False) and ``app.state.producer``."""
+
+    async def database_ready() -> None:
+        await app.state.pool.fetchval("SELECT 1")
+
+    async def broker_ready() -> None:
+        await app.state.producer.ping()
+
+    checks: dict[str, ReadinessCheck] = {"broker": broker_ready}
+    if database:
+        checks["database"] = database_ready
+    return checks

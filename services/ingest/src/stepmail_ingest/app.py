@@ -8,10 +8,9 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request, Response, status
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.db import create_pool, migrate
-from stepmail_common.kafka import EventProducer, ensure_topics
+from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import install_common
+from stepmail_common.webapp import dependency_checks, install_common
 from stepmail_ingest.auth import authenticate, hash_api_key
 from stepmail_ingest.repository import ApiKey, IngestRepository
 from stepmail_ingest.schemas import EventAccepted, EventIn
@@ -22,11 +21,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_migrations(settings: IngestSettings) -> None:
-    pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
-    try:
-        await migrate(pool, settings.db_schema, "stepmail_ingest")
-    finally:
-        await pool.close()
+    await migrate_only(settings, settings.db_schema, "stepmail_ingest")
 
 
 def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
@@ -36,24 +31,8 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await create_pool(
-                settings.database_url, settings.db_schema, max_size=settings.database_pool_max
-            )
-            stack.push_async_callback(pool.close)
-            await migrate(pool, settings.db_schema, "stepmail_ingest")
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [topics.contact_events],
-                settings.kafka_topic_partitions,
-                settings.kafka_topic_replication,
-            )
-            producer = EventProducer(
-                settings.kafka_bootstrap_servers,
-                "stepmail-ingest",
-                enable_idempotence=settings.kafka_enable_idempotence,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)
+            pool = await open_database(stack, settings, settings.db_schema, "stepmail_ingest")
+            producer = await open_producer(stack, settings, "ingest", [topics.contact_events])
             repo = IngestRepository(pool)
             if settings.ingest_bootstrap_api_key:
                 await repo.ensure_api_key(
@@ -72,13 +51,7 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    async def db_ready() -> None:
-        await app.state.pool.fetchval("SELECT 1")
-
-    async def broker_ready() -> None:
-        await app.state.producer.ping()
-
-    install_common(app, {"database": db_ready, "broker": broker_ready})
+    install_common(app, dependency_checks(app))
 
     def repo_of(request: Request) -> IngestRepository:
         repo: IngestRepository = request.app.state.repo

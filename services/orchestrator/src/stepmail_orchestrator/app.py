@@ -10,13 +10,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.db import create_pool, migrate
-from stepmail_common.kafka import EventConsumer, EventProducer, ensure_topics
+from stepmail_common.kafka import EventConsumer
+from stepmail_common.outbox import OutboxRelay
+from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import install_common, start_background
+from stepmail_common.webapp import dependency_checks, install_common, start_background
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.handlers import ContactEventHandler
-from stepmail_orchestrator.relay import OutboxRelay
 from stepmail_orchestrator.scenarios import load_dir
 from stepmail_orchestrator.settings import OrchestratorSettings
 from stepmail_orchestrator.timers import TimerLoop
@@ -25,11 +25,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_migrations(settings: OrchestratorSettings) -> None:
-    pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
-    try:
-        await migrate(pool, settings.db_schema, "stepmail_orchestrator")
-    finally:
-        await pool.close()
+    await migrate_only(settings, settings.db_schema, "stepmail_orchestrator")
 
 
 def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> FastAPI:
@@ -39,11 +35,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await create_pool(
-                settings.database_url, settings.db_schema, max_size=settings.database_pool_max
-            )
-            stack.push_async_callback(pool.close)
-            await migrate(pool, settings.db_schema, "stepmail_orchestrator")
+            pool = await open_database(stack, settings, settings.db_schema, "stepmail_orchestrator")
             if settings.orchestrator_scenarios_dir:
                 async with pool.acquire() as conn:
                     for scenario in load_dir(Path(settings.orchestrator_scenarios_dir)):
@@ -53,24 +45,14 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                                 "scenario loaded",
                                 extra={"scenario": scenario.id, "version": version},
                             )
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [topics.contact_events, topics.steps_due],
-                settings.kafka_topic_partitions,
-                settings.kafka_topic_replication,
+            producer = await open_producer(
+                stack, settings, "orchestrator", [topics.contact_events, topics.steps_due]
             )
-            producer = EventProducer(
-                settings.kafka_bootstrap_servers,
-                "stepmail-orchestrator",
-                enable_idempotence=settings.kafka_enable_idempotence,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)
             timers_due, outbox_ready = asyncio.Event(), asyncio.Event()
             interval = settings.orchestrator_timer_interval_seconds
             await start_background(
                 stack,
-                OutboxRelay(pool, producer, outbox_ready, interval=interval),
+                OutboxRelay(pool, producer, interval=interval, wake=outbox_ready),
                 "outbox-relay",
             )
             await start_background(
@@ -105,13 +87,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
         lifespan=lifespan,
     )
 
-    async def db_ready() -> None:
-        await app.state.pool.fetchval("SELECT 1")
-
-    async def broker_ready() -> None:
-        await app.state.producer.ping()
-
-    install_common(app, {"database": db_ready, "broker": broker_ready})
+    install_common(app, dependency_checks(app))
 
     @app.get("/v1/scenarios", summary="The latest version of every scenario")
     async def list_scenarios(request: Request) -> dict[str, Any]:

@@ -18,6 +18,3 @@ TIMER_LAG = Histogram(
     "How late a due step was claimed after its due time",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
-OUTBOX_PUBLISHED = Counter(
-    "stepmail_orchestrator_outbox_published_total", "Outbox rows published to Kafka"
-)

@@ -185,28 +185,6 @@ async def advance(
     )
 
 
-OutboxRow = tuple[str, str, dict[str, Any], dict[str, str]]
-
-
-async def add_outbox(conn: Connection, rows: list[OutboxRow]) -> None:
-    """Rows of (topic, key, event document, trace carrier)."""
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)", rows
-    )
-
-
-async def take_outbox(conn: Connection, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, topic, key, event, trace FROM outbox"
-        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
-    )
-
-
-async def delete_outbox(conn: Connection, ids: list[int]) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
-
-
 async def enrollments_of(conn: Connection, contact_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, scenario_id, scenario_version, step_index, status, next_due_at, created_at"

@@ -8,7 +8,6 @@ outbox row commit together).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +17,12 @@ from opentelemetry import trace
 from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
 from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.loops import PeriodicLoop
+from stepmail_common.outbox import OutboxEvent
+from stepmail_common.outbox import add as add_to_outbox
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import metrics, repository
-from stepmail_orchestrator.repository import DueEnrollment, OutboxRow
+from stepmail_orchestrator.repository import DueEnrollment
 from stepmail_orchestrator.scenarios import Scenario
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ def step_due_event(due: DueEnrollment, scenario: Scenario) -> CloudEvent:
     )
 
 
-class TimerLoop:
+class TimerLoop(PeriodicLoop):
     """Fires due steps; wakes on ``wake`` or every ``interval`` seconds."""
 
     def __init__(
@@ -74,35 +76,16 @@ class TimerLoop:
         interval: float,
         batch: int,
     ) -> None:
+        super().__init__(interval, wake)
         self._pool = pool
         self._topics = topics
         self._clock = clock
-        self._wake = wake
         self._outbox_ready = outbox_ready
-        self._interval = interval
         self._batch = batch
-        self._stopping = asyncio.Event()
         self._scenarios: dict[tuple[str, int], Scenario] = {}
 
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.clear()
-            try:
-                fired = await self.fire_due()
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-                log.warning("timer pass failed; retrying", extra={"error": exc.__class__.__name__})
-                fired = 0
-            if fired >= self._batch:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+    async def run_once(self) -> bool:
+        return await self.fire_due() >= self._batch
 
     async def _scenario(self, conn: Connection, scenario_id: str, version: int) -> Scenario:
         key = (scenario_id, version)
@@ -113,7 +96,7 @@ class TimerLoop:
     async def fire_due(self) -> int:
         """One pass: claim a batch of due steps and turn them into outbox rows."""
         now = self._clock.now()
-        outbox: list[OutboxRow] = []
+        outbox: list[OutboxEvent] = []
         async with self._pool.acquire() as conn, conn.transaction():
             due = await repository.claim_due(conn, now, self._batch)
             for item in due:
@@ -126,7 +109,7 @@ class TimerLoop:
                     with tracer.start_as_current_span("fire step", context=parent):
                         carrier = telemetry.trace_carrier()
                     outbox.append(
-                        (self._topics.steps_due, item.contact["id"], event.to_dict(), carrier)
+                        OutboxEvent(self._topics.steps_due, item.contact["id"], event, carrier)
                     )
                     metrics.STEPS_DUE.labels(scenario.id).inc()
                 else:
@@ -139,7 +122,7 @@ class TimerLoop:
                 )
                 await repository.advance(conn, item.id, following, next_due)
             if outbox:
-                await repository.add_outbox(conn, outbox)
+                await add_to_outbox(conn, outbox)
         if outbox:
             self._outbox_ready.set()
         return len(due)

@@ -7,11 +7,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.db import create_pool, migrate
-from stepmail_common.kafka import EventConsumer, EventProducer, ensure_topics
+from stepmail_common.kafka import EventConsumer
+from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.signing import Signer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import install_common, start_background
+from stepmail_common.webapp import dependency_checks, install_common, start_background
 from stepmail_renderer import metrics
 from stepmail_renderer.footer import Sender
 from stepmail_renderer.handlers import StepDueHandler
@@ -24,11 +24,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_migrations(settings: RendererSettings) -> None:
-    pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
-    try:
-        await migrate(pool, settings.db_schema, "stepmail_renderer")
-    finally:
-        await pool.close()
+    await migrate_only(settings, settings.db_schema, "stepmail_renderer")
 
 
 async def sync_templates(settings: RendererSettings, repo: RendererRepository) -> None:
@@ -55,26 +51,12 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await create_pool(
-                settings.database_url, settings.db_schema, max_size=settings.database_pool_max
-            )
-            stack.push_async_callback(pool.close)
-            await migrate(pool, settings.db_schema, "stepmail_renderer")
+            pool = await open_database(stack, settings, settings.db_schema, "stepmail_renderer")
             repo = RendererRepository(pool)
             await sync_templates(settings, repo)
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [topics.steps_due, topics.mail_rendered],
-                settings.kafka_topic_partitions,
-                settings.kafka_topic_replication,
+            producer = await open_producer(
+                stack, settings, "renderer", [topics.steps_due, topics.mail_rendered]
             )
-            producer = EventProducer(
-                settings.kafka_bootstrap_servers,
-                "stepmail-renderer",
-                enable_idempotence=settings.kafka_enable_idempotence,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)
             renderer = MailRenderer(
                 signer=Signer.from_spec(settings.signing_keys),
                 tracker_public_url=settings.tracker_public_url,
@@ -95,7 +77,7 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
                 producer=producer,
             )
             await start_background(stack, consumer, "consumer")
-            app.state.repo = repo
+            app.state.pool = pool
             app.state.producer = producer
             yield
 
@@ -106,11 +88,5 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
         lifespan=lifespan,
     )
 
-    async def db_ready() -> None:
-        await app.state.repo.ping()
-
-    async def broker_ready() -> None:
-        await app.state.producer.ping()
-
-    install_common(app, {"database": db_ready, "broker": broker_ready})
+    install_common(app, dependency_checks(app))
     return app

@@ -7,15 +7,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.db import create_pool, migrate
-from stepmail_common.kafka import EventConsumer, EventProducer, ensure_topics
+from stepmail_common.kafka import EventConsumer
+from stepmail_common.outbox import OutboxRelay
 from stepmail_common.problems import Problem
+from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import install_common, start_background
+from stepmail_common.webapp import dependency_checks, install_common, start_background
 from stepmail_sender.delivery import Deliverer
 from stepmail_sender.handlers import dispatcher
 from stepmail_sender.ledger import Ledger
-from stepmail_sender.loops import OutboxRelay, Recovery
+from stepmail_sender.loops import Recovery
 from stepmail_sender.owners import OwnerLease
 from stepmail_sender.schemas import DeliveryOut
 from stepmail_sender.settings import SenderSettings
@@ -25,11 +26,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_migrations(settings: SenderSettings) -> None:
-    pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
-    try:
-        await migrate(pool, settings.db_schema, "stepmail_sender")
-    finally:
-        await pool.close()
+    await migrate_only(settings, settings.db_schema, "stepmail_sender")
 
 
 def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
@@ -40,24 +37,10 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await create_pool(
-                settings.database_url, settings.db_schema, max_size=settings.database_pool_max
+            pool = await open_database(stack, settings, settings.db_schema, "stepmail_sender")
+            producer = await open_producer(
+                stack, settings, "sender", [topics.mail_rendered, topics.delivery_events]
             )
-            stack.push_async_callback(pool.close)
-            await migrate(pool, settings.db_schema, "stepmail_sender")
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [topics.mail_rendered, topics.delivery_events],
-                settings.kafka_topic_partitions,
-                settings.kafka_topic_replication,
-            )
-            producer = EventProducer(
-                settings.kafka_bootstrap_servers,
-                "stepmail-sender",
-                enable_idempotence=settings.kafka_enable_idempotence,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)
             # Closed after everything that sends has stopped: the lock proves we are alive.
             lease = OwnerLease(settings.database_url, settings.db_schema)
             await lease.start()
@@ -80,8 +63,8 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
             relay = OutboxRelay(
                 pool,
                 producer,
-                ledger.outbox_ready,
                 interval=settings.sender_outbox_interval_seconds,
+                wake=ledger.outbox_ready,
             )
             await start_background(stack, relay, "outbox-relay")
             # Mails orphaned by a killed predecessor are resolved before new ones are taken.
@@ -113,13 +96,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    async def db_ready() -> None:
-        await app.state.pool.fetchval("SELECT 1")
-
-    async def broker_ready() -> None:
-        await app.state.producer.ping()
-
-    install_common(app, {"database": db_ready, "broker": broker_ready})
+    install_common(app, dependency_checks(app))
 
     @app.get(
         "/v1/deliveries/{message_id}",

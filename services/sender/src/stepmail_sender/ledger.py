@@ -14,6 +14,8 @@ import asyncpg
 
 from stepmail_common import event_types
 from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.outbox import OutboxEvent
+from stepmail_common.outbox import add as add_to_outbox
 from stepmail_sender import repository
 from stepmail_sender.domain import Delivery, Parcel, Policy, RenderedMail
 
@@ -65,7 +67,7 @@ class Ledger:
     ) -> None:
         if delivery is not None:
             event = delivery_event(delivery, at)
-            await repository.add_outbox(conn, self._topic, delivery.contact_id, event.to_dict())
+            await add_to_outbox(conn, [OutboxEvent(self._topic, delivery.contact_id, event)])
 
     async def accept(self, mail: RenderedMail, at: datetime) -> bool:
         return await repository.insert_if_absent(self._pool, mail, at)

@@ -31,9 +31,7 @@ OWNER_WAITS = Counter(
     "stepmail_sender_owner_waits_total",
     "Redelivered mails that waited for another live process to record their outcome",
 )
-OUTBOX_PUBLISHED = Counter(
-    "stepmail_sender_outbox_published_total", "Delivery events relayed from the outbox"
-)
+
 SMTP_SECONDS = Histogram(
     "stepmail_sender_smtp_seconds",
     "Time of one SMTP transaction (MAIL, RCPT, DATA), by outcome",

@@ -1,4 +1,4 @@
-"""All of the sender's SQL: the delivery ledger, the outbox and owner liveness.
+"""All of the sender's SQL: the delivery ledger and owner liveness.
 
 Every state change is a conditional ``UPDATE`` on the row's current state (and, for a
 row in ``sending``, on its owner and attempt), so two processes can never both move the
@@ -6,7 +6,7 @@ same row: the loser's update matches nothing.
 """
 
 from datetime import datetime
-from typing import Any, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -169,22 +169,3 @@ async def try_owner_lock(conn: Conn, owner: int) -> bool:
         await conn.execute("SELECT pg_advisory_unlock($1, $2)", OWNER_LOCK_CLASS, owner)
         return False
     return True
-
-
-async def add_outbox(conn: Conn, topic: str, key: str, event: dict[str, Any]) -> None:
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, event) VALUES ($1, $2, $3)", topic, key, event
-    )
-
-
-async def take_outbox(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """The oldest unpublished events, locked so that other relays skip them."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT id, topic, key, event FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        limit,
-    )
-    return rows
-
-
-async def delete_outbox(conn: Conn, ids: list[int]) -> None:
-    await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)

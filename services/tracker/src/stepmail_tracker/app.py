@@ -9,12 +9,12 @@ from fastapi import FastAPI, Request, Response
 
 from stepmail_common.clock import Clock, SystemClock
 from stepmail_common.errors import InvalidTokenError, RetriableError
-from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.problems import RETRY_AFTER_SECONDS
+from stepmail_common.service import open_producer
 from stepmail_common.signing import Signer
 from stepmail_common.topics import Topics
 from stepmail_common.tracking import ClickToken, UnsubscribeToken
-from stepmail_common.webapp import install_common
+from stepmail_common.webapp import dependency_checks, install_common
 from stepmail_tracker import metrics, pages
 from stepmail_tracker.bots import looks_automated
 from stepmail_tracker.service import Engagement
@@ -50,19 +50,7 @@ def create_app(settings: TrackerSettings, clock: Clock | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [topics.engagement_events],
-                settings.kafka_topic_partitions,
-                settings.kafka_topic_replication,
-            )
-            producer = EventProducer(
-                settings.kafka_bootstrap_servers,
-                "stepmail-tracker",
-                enable_idempotence=settings.kafka_enable_idempotence,
-            )
-            await producer.start()
-            stack.push_async_callback(producer.stop)
+            producer = await open_producer(stack, settings, "tracker", [topics.engagement_events])
             app.state.producer = producer
             app.state.engagement = Engagement(
                 producer, topics, clock, settings.tracker_click_publish_timeout_seconds
@@ -76,10 +64,7 @@ def create_app(settings: TrackerSettings, clock: Clock | None = None) -> FastAPI
         lifespan=lifespan,
     )
 
-    async def broker_ready() -> None:
-        await app.state.producer.ping()
-
-    install_common(app, {"broker": broker_ready})
+    install_common(app, dependency_checks(app, database=False))
 
     @app.get("/c/{token}", include_in_schema=False)
     async def click(token: str, request: Request) -> Response:

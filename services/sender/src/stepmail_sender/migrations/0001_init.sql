@@ -37,5 +37,6 @@ CREATE TABLE outbox (
     topic       text NOT NULL,
     key         text NOT NULL,
     event       jsonb NOT NULL,
+    trace       jsonb,
     created_at  timestamptz NOT NULL DEFAULT now()
 );

@@ -1,0 +1,116 @@
+"""The transactional outbox: events commit with the state change that caused them, and a
+relay publishes them at least once.
+
+Each service that uses it has this table in its own schema (in its migrations)::
+
+    CREATE TABLE outbox (
+        id bigserial PRIMARY KEY, topic text NOT NULL, key text NOT NULL,
+        event jsonb NOT NULL, trace jsonb, created_at timestamptz NOT NULL DEFAULT now());
+
+Several relays (replicas) share the rows with ``FOR UPDATE SKIP LOCKED``; a crash between
+the broker's acknowledgement and the delete republishes the same event ids, which
+consumers deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter
+
+from stepmail_common import telemetry
+from stepmail_common.errors import is_retriable
+from stepmail_common.events import CloudEvent
+from stepmail_common.kafka import EventProducer, Outgoing
+from stepmail_common.loops import PeriodicLoop
+
+if TYPE_CHECKING:
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = (
+        asyncpg.Pool[asyncpg.Record]
+        | asyncpg.Connection[asyncpg.Record]
+        | PoolConnectionProxy[asyncpg.Record]
+    )
+
+log = logging.getLogger(__name__)
+
+OUTBOX_PUBLISHED = Counter(
+    "stepmail_outbox_published_total", "Events relayed from the transactional outbox"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event to publish; ``trace`` is the carrier of its trace (default: the current)."""
+
+    topic: str
+    key: str
+    event: CloudEvent
+    trace: dict[str, str] | None = None
+
+
+async def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
+    """Write ``events`` in the caller's transaction."""
+    current = telemetry.trace_carrier()
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)",
+        [(e.topic, e.key, e.event.to_dict(), e.trace or current) for e in events],
+    )
+
+
+class OutboxRelay(PeriodicLoop):
+    """Publishes committed outbox rows in id order, then deletes them."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        producer: EventProducer,
+        *,
+        interval: float,
+        wake: asyncio.Event | None = None,
+        batch: int = 500,
+    ) -> None:
+        super().__init__(interval, wake)
+        self._pool = pool
+        self._producer = producer
+        self._batch = batch
+
+    async def run_once(self) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, topic, key, event, trace FROM outbox"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch,
+            )
+            if not rows:
+                return False
+            await self._producer.publish_many(
+                [
+                    Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"], r["trace"])
+                    for r in rows
+                ]
+            )
+            await conn.execute(
+                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
+        OUTBOX_PUBLISHED.inc(len(rows))
+        return len(rows) >= self._batch
+
+    async def finish(self) -> None:
+        """Flush what the last handled messages left, so a clean stop leaves no delay."""
+        try:
+            while await self.run_once():
+                pass
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning(
+                "outbox not flushed at shutdown; the next start publishes it",
+                extra={"error": exc.__class__.__name__},
+            )
