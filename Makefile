@@ -40,6 +40,10 @@ test: install ## Lint, type-check, then unit, integration and end-to-end tests
 unit: install ## Unit tests only (no processes started)
 	$(VENV)/bin/pytest -q tests/unit
 
+.PHONY: bench
+bench: install ## Benchmarks (all, or BENCH="ingest renderer"); figures in bench-results/
+	$(VENV)/bin/python -m bench $(BENCH)
+
 .PHONY: fmt
 fmt: install ## Format and autofix
 	$(VENV)/bin/ruff format .

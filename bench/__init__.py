@@ -1,0 +1,1 @@
+"""stepmail's benchmarks: ``make bench`` runs every ``bench/bench_*.py``."""
