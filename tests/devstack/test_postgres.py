@@ -4,7 +4,7 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from stepmail_devstack.postgres import SYSTEM_USER, EmbeddedPostgres, psql

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from stepmail_devstack.processes import free_port
