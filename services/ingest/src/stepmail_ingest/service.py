@@ -1,21 +1,48 @@
-"""Accepting customer events: idempotency, the CloudEvent, the durable publish."""
+"""Accepting events: idempotency, CloudEvents, one durable publish per request."""
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import orjson
 
 from stepmail_common import event_types
 from stepmail_common.clock import Clock
-from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.kafka import EventProducer
+from stepmail_common.errors import InvalidEventError
+from stepmail_common.events import CloudEvent, derived_id, validate
+from stepmail_common.kafka import EventProducer, Outgoing
 from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
-from stepmail_ingest.repository import ApiKey, IngestRepository
-from stepmail_ingest.schemas import EventIn
+from stepmail_ingest import metrics
+from stepmail_ingest.repository import IngestRepository, Remember
+from stepmail_ingest.schemas import ContactUpsertIn, EventIn
 
 SOURCE = "urn:stepmail:ingest"
+
+
+def fingerprint(body: object) -> bytes:
+    """A digest of what was asked, so a key reused with another body is caught."""
+    if isinstance(body, bytes):
+        return hashlib.sha256(body).digest()
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One event to publish on ``contact-events``; ``dedupe`` makes it idempotent."""
+
+    type: str
+    contact_id: str
+    data: dict[str, Any]
+    dedupe: str | None = None
+    fingerprint: bytes = b""
+    origin: str = "api"
+    # False for events mapped from partner payloads: checked against the event schema
+    # before anything is sent, so a bad one rejects the request instead of half of it.
+    checked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +51,67 @@ class Accepted:
     replayed: bool
 
 
-def _fingerprint(event: EventIn) -> bytes:
-    return hashlib.sha256(
-        orjson.dumps(event.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    ).digest()
+def customer_event(
+    event: EventIn, now: datetime, dedupe: str | None, origin: str = "api"
+) -> Pending:
+    data: dict[str, Any] = {
+        "name": event.type,
+        "contact": event.contact.model_dump(mode="json", exclude_none=True),
+        "properties": event.properties,
+        "occurred_at": (event.occurred_at or now).isoformat(),
+    }
+    if dedupe is not None:
+        data["idempotency_key"] = dedupe[:255]
+    print_ = fingerprint(event.model_dump(mode="json")) if dedupe is not None else b""
+    return Pending(event_types.EVENT_RECEIVED, event.contact.id, data, dedupe, print_, origin)
+
+
+def contact_update(
+    contact: ContactUpsertIn, now: datetime, dedupe: str | None, origin: str = "api"
+) -> Pending:
+    data: dict[str, Any] = {
+        "contact": contact.model_dump(mode="json", exclude_none=True, exclude={"consent"}),
+        "updated_at": now.isoformat(),
+    }
+    if contact.consent is not None:
+        consent = contact.consent.model_dump(mode="json", exclude_none=True)
+        consent["at"] = (contact.consent.at or now).isoformat()
+        data["consent"] = consent
+    print_ = fingerprint(contact.model_dump(mode="json")) if dedupe is not None else b""
+    return Pending(event_types.CONTACT_UPDATED, contact.id, data, dedupe, print_, origin)
+
+
+def contact_erasure(contact_id: str, now: datetime, dedupe: str | None) -> Pending:
+    data = {"contact_id": contact_id, "requested_at": now.isoformat()}
+    print_ = fingerprint({"erase": contact_id}) if dedupe is not None else b""
+    return Pending(event_types.CONTACT_ERASED, contact_id, data, dedupe, print_)
+
+
+def _reused(key: str) -> Problem:
+    return Problem(
+        422,
+        "Idempotency key reused",
+        "An idempotency key was already used with a different body; nothing was accepted.",
+        type_="urn:stepmail:problem:idempotency-key-reused",
+        errors=[{"field": key, "detail": "reused with another body"}],
+    )
+
+
+def _check(event: CloudEvent, origin: str) -> None:
+    try:
+        validate(event.to_dict())
+    except InvalidEventError as exc:
+        raise Problem(
+            422,
+            "Payload cannot be mapped",
+            f"The {origin} payload does not make a valid event; nothing was accepted.",
+            type_="urn:stepmail:problem:validation",
+            errors=[{"field": "body", "detail": str(exc)[:500]}],
+        ) from exc
 
 
 class EventIntake:
-    """Turns accepted requests into events on ``contact-events``."""
+    """Turns accepted requests into events on ``contact-events``, all or nothing."""
 
     def __init__(
         self, repo: IngestRepository, producer: EventProducer, topics: Topics, clock: Clock
@@ -41,46 +121,62 @@ class EventIntake:
         self._topics = topics
         self._clock = clock
 
-    async def accept(self, key: ApiKey, event: EventIn, idempotency_key: str | None) -> Accepted:
-        """Publish ``event`` once per idempotency key (header, else the event's own id).
+    def now(self) -> datetime:
+        return self._clock.now()
 
-        The CloudEvent id is derived from that key, so even two racing requests with one
-        key publish the same id, which consumers deduplicate on.
+    async def accept(self, scope: str, items: Sequence[Pending]) -> list[Accepted]:
+        """Publish each item once per idempotency key within ``scope``.
+
+        Keys already seen answer with their first event id (``replayed``); a key seen with
+        another body rejects the whole request before anything is published. Every new
+        event goes to the broker in one batch; keys are remembered only after the broker
+        acknowledged, so a failed publish leaves nothing behind. The CloudEvent id is
+        derived from the key, so even racing requests publish the same id, which
+        consumers deduplicate on.
         """
-        dedupe = idempotency_key or (f"id:{event.id}" if event.id else None)
-        fingerprint = _fingerprint(event)
-        if dedupe is not None:
-            seen = await self._repo.remembered(key.id, dedupe)
-            if seen is not None:
-                if seen.fingerprint != fingerprint:
-                    raise Problem(
-                        422,
-                        "Idempotency key reused",
-                        "This Idempotency-Key was already used with a different body.",
-                        type_="urn:stepmail:problem:idempotency-key-reused",
-                        errors=[{"field": "Idempotency-Key", "detail": "reused with another body"}],
-                    )
-                return Accepted(seen.event_id, replayed=True)
-        event_id = derived_id("ingest", str(key.id), dedupe) if dedupe else str(uuid.uuid4())
+        keyed = [item.dedupe for item in items if item.dedupe is not None]
+        seen = await self._repo.remembered(scope, keyed) if keyed else {}
         now = self._clock.now()
-        contact = event.contact.model_dump(mode="json", exclude_none=True)
-        data = {
-            "name": event.type,
-            "contact": contact,
-            "properties": event.properties,
-            "occurred_at": (event.occurred_at or now).isoformat(),
-        }
-        if dedupe is not None:
-            data["idempotency_key"] = dedupe[:255]
-        cloud_event = CloudEvent(
-            type=event_types.EVENT_RECEIVED,
-            source=SOURCE,
-            subject=event.contact.id,
-            data=data,
-            id=event_id,
-            time=now,
-        )
-        await self._producer.publish(self._topics.contact_events, cloud_event, key=event.contact.id)
-        if dedupe is not None:
-            await self._repo.remember(key.id, dedupe, fingerprint, event_id)
-        return Accepted(event_id, replayed=False)
+        results: list[Accepted] = []
+        outgoing: list[Outgoing] = []
+        fresh: dict[str, Remember] = {}
+        for item in items:
+            if item.dedupe is None:
+                event_id = str(uuid.uuid4())
+            else:
+                earlier = seen.get(item.dedupe)
+                if earlier is None and item.dedupe in fresh:
+                    earlier_new = fresh[item.dedupe]
+                    if earlier_new.fingerprint != item.fingerprint:
+                        raise _reused(item.dedupe)
+                    results.append(Accepted(earlier_new.event_id, replayed=True))
+                    continue
+                if earlier is not None:
+                    if earlier.fingerprint != item.fingerprint:
+                        raise _reused(item.dedupe)
+                    results.append(Accepted(earlier.event_id, replayed=True))
+                    continue
+                event_id = derived_id("ingest", scope, item.dedupe)
+                fresh[item.dedupe] = Remember(item.dedupe, item.fingerprint, event_id)
+            event = CloudEvent(
+                type=item.type,
+                source=SOURCE,
+                subject=item.contact_id,
+                data=item.data,
+                id=event_id,
+                time=now,
+            )
+            if not item.checked:
+                _check(event, item.origin)
+            outgoing.append(Outgoing(self._topics.contact_events, event, item.contact_id))
+            results.append(Accepted(event_id, replayed=False))
+        if outgoing:
+            await self._producer.publish_many(outgoing)
+            for out in outgoing:
+                metrics.EVENTS_ACCEPTED.labels(out.event.type).inc()
+        if fresh:
+            await self._repo.remember(scope, list(fresh.values()))
+        replays = sum(1 for r in results if r.replayed)
+        if replays:
+            metrics.EVENTS_REPLAYED.inc(replays)
+        return results

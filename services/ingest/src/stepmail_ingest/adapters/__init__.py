@@ -1,0 +1,1 @@
+"""Partner formats (Segment, Shopify) mapped onto stepmail's events."""

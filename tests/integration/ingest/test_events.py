@@ -1,0 +1,135 @@
+"""Customer events, single and batched: durability, idempotency, all-or-nothing, errors."""
+
+import uuid
+from typing import Any
+
+import pytest
+
+from stepmail_common import event_types
+from tests.integration.ingest.conftest import Ingest
+
+pytestmark = pytest.mark.integration
+
+
+def _event(contact_id: str = "c-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "signup",
+        "contact": {"id": contact_id, "email": "hanako@example.jp", "name": "佐藤 花子"},
+        "properties": {"plan": "trial", "price_yen": 1500},
+        **extra,
+    }
+
+
+async def test_event_is_published_as_a_cloudevent_keyed_by_contact(ingest: Ingest):
+    response = await ingest.post(
+        "/v1/events", _event("c-42", occurred_at="2025-04-01T09:00:00+09:00")
+    )
+    assert response.status_code == 202
+    body = response.json()
+    (event,) = await ingest.events(1)
+    assert event.id == body["id"]
+    assert event.type == event_types.EVENT_RECEIVED
+    assert event.subject == "c-42"
+    assert event.data["name"] == "signup"
+    assert event.data["contact"]["name"] == "佐藤 花子"
+    assert event.data["properties"] == {"plan": "trial", "price_yen": 1500}
+    assert event.data["occurred_at"] == "2025-04-01T09:00:00+09:00"
+
+
+async def test_idempotency_key_and_event_id_dedupe(ingest: Ingest):
+    first = await ingest.post("/v1/events", _event(), **{"Idempotency-Key": "k-1"})
+    again = await ingest.post("/v1/events", _event(), **{"Idempotency-Key": "k-1"})
+    assert first.status_code == again.status_code == 202
+    assert again.json() == {"id": first.json()["id"], "status": "accepted", "replayed": True}
+    assert again.headers["Idempotent-Replayed"] == "true"
+    reused = await ingest.post("/v1/events", _event("c-other"), **{"Idempotency-Key": "k-1"})
+    assert reused.status_code == 422
+    assert reused.json()["errors"][0]["field"] == "k-1"
+    by_id = [await ingest.post("/v1/events", _event(id="evt-7")) for _ in range(2)]
+    assert by_id[0].json()["id"] == by_id[1].json()["id"]
+    events = await ingest.events_until_sentinel()
+    assert sorted(e.id for e in events) == sorted([first.json()["id"], by_id[0].json()["id"]])
+
+
+async def test_batch_is_one_request_with_per_event_results(ingest: Ingest):
+    events = [_event(f"c-{i}", id=f"b-{i}") for i in range(3)] + [_event("c-0", id="b-0")]
+    response = await ingest.post("/v1/events:batch", {"events": events})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["replayed"]) == (3, 1)
+    assert [r["replayed"] for r in body["results"]] == [False, False, False, True]
+    assert body["results"][3]["id"] == body["results"][0]["id"]
+    published = await ingest.events_until_sentinel()
+    assert sorted(e.subject for e in published) == ["c-0", "c-1", "c-2"]
+
+
+async def test_invalid_batch_produces_nothing_and_names_the_field(ingest: Ingest):
+    events = [_event("c-ok"), _event("c-bad"), _event("c-ok2")]
+    events[1]["contact"]["email"] = "not-an-address"
+    response = await ingest.post("/v1/events:batch", {"events": events})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in response.json()["errors"]] == ["events.1.contact.email"]
+    too_many = await ingest.post("/v1/events:batch", {"events": [_event()] * 1001})
+    assert too_many.status_code == 422
+    assert too_many.json()["errors"][0]["field"] == "events"
+    assert await ingest.events_until_sentinel() == []
+
+
+async def test_unknown_fields_rejected_but_properties_free(ingest: Ingest):
+    typo = _event()
+    typo["contact"]["emial"] = "x@example.com"
+    response = await ingest.post("/v1/events", typo)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "contact.emial"
+    free = _event()
+    free["properties"] = {"anything": {"nested": [1, "二"]}}
+    free["contact"]["attributes"] = {"会員ランク": "ゴールド"}
+    assert (await ingest.post("/v1/events", free)).status_code == 202
+
+
+async def test_body_over_the_limit_is_413(ingest: Ingest):
+    big = _event()
+    big["properties"] = {"blob": "x" * (ingest.settings.ingest_max_body_bytes + 1)}
+    response = await ingest.post("/v1/events", big)
+    assert response.status_code == 413
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await ingest.events_until_sentinel() == []
+
+
+async def test_keys_scopes_and_revocation(ingest: Ingest):
+    assert (await ingest.client.post("/v1/events", json=_event())).status_code == 401
+    unknown = await ingest.post("/v1/events", _event(), key="sm_nope")
+    assert unknown.status_code == 401
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    contacts_only = await ingest.new_key("contacts:write")
+    forbidden = await ingest.post("/v1/events", _event(), key=contacts_only)
+    assert forbidden.status_code == 403
+    writer = await ingest.new_key("events:write")
+    assert (await ingest.post("/v1/events", _event(), key=writer)).status_code == 202
+    assert (
+        await ingest.post("/v1/admin/api-keys", {"name": "x", "scopes": ["admin"]}, key=writer)
+    ).status_code == 403
+
+    listed = (await ingest.client.get("/v1/admin/api-keys", headers=ingest.auth())).json()[
+        "api_keys"
+    ]
+    assert all("key" not in k and "key_hash" not in k for k in listed)
+    writer_id = next(k["id"] for k in listed if k["scopes"] == ["events:write"])
+    revoked = await ingest.client.delete(f"/v1/admin/api-keys/{writer_id}", headers=ingest.auth())
+    assert revoked.status_code == 204
+    assert (await ingest.post("/v1/events", _event(), key=writer)).status_code == 401
+    missing = await ingest.client.delete(
+        f"/v1/admin/api-keys/{uuid.uuid4()}", headers=ingest.auth()
+    )
+    assert missing.status_code == 404
+
+
+async def test_rate_limit_answers_429_with_retry_after(ingest: Ingest):
+    slow = await ingest.new_key("events:write", rate=0.5)
+    answers = [(await ingest.post("/v1/events", _event(), key=slow)) for _ in range(3)]
+    assert [a.status_code for a in answers[:1]] == [202]
+    limited = answers[-1]
+    assert limited.status_code == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["type"] == "urn:stepmail:problem:rate-limited"
