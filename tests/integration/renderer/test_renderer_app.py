@@ -37,9 +37,13 @@ def _templates(root: Path, repo_root: Path) -> Path:
     shutil.copytree(repo_root / "examples" / "templates" / "welcome", root / "welcome")
     broken = root / "broken"
     broken.mkdir()
-    (broken / "template.yaml").write_text("subject: 壊れたテンプレート\n", encoding="utf-8")
+    (broken / "template.yaml").write_text(
+        "subject: 壊れたテンプレート\nevent_properties: [coupon_code]\n", encoding="utf-8"
+    )
+    # Valid when saved; fails on a step whose event lacks the coupon code.
     (broken / "body.html.j2").write_text(
-        "<p>{{ event.properties.coupon_code }}</p>\n", encoding="utf-8"
+        '<p>{{ event.properties.coupon_code }}</p><a href="{{ unsubscribe_url }}">停止</a>\n',
+        encoding="utf-8",
     )
     return root
 
@@ -73,7 +77,9 @@ async def renderer(
         yield Renderer(settings, Topics(settings.kafka_topic_prefix), producer)
 
 
-def _step_due(template: str, message_id: str, contact_id: str = "c-100") -> CloudEvent:
+def _step_due(
+    template: str, message_id: str, contact_id: str = "c-100", mail_kind: str = "transactional"
+) -> CloudEvent:
     return CloudEvent(
         type=event_types.STEP_DUE,
         source="urn:test",
@@ -84,7 +90,7 @@ def _step_due(template: str, message_id: str, contact_id: str = "c-100") -> Clou
             "scenario": {"id": "welcome", "version": 1},
             "step": {"id": "welcome", "index": 0},
             "template": template,
-            "mail_kind": "marketing",
+            "mail_kind": mail_kind,
             "contact": {"id": contact_id, "email": "hanako@example.jp", "name": "佐藤 花子"},
             "event": {"name": "signup", "properties": {}},
             "due_at": datetime.now(UTC).isoformat(),
@@ -117,13 +123,16 @@ async def test_a_due_step_becomes_a_rendered_mail(renderer: Renderer):
     assert msg["Subject"] == "佐藤 花子 様、ご登録ありがとうございます"
     assert msg["To"].addresses[0].display_name == "佐藤 花子"
     assert msg["X-Stepmail-Message-Id"] == message_id
-    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # The welcome mail is transactional: a preferences link, no RFC 8058 one-click.
+    assert msg["List-Unsubscribe-Post"] is None
     assert "https://t.example.jp/u/" in msg["List-Unsubscribe"]
 
 
 async def test_a_template_error_dead_letters_with_the_reason(renderer: Renderer):
     await renderer.producer.publish(
-        renderer.topics.steps_due, _step_due("broken", str(uuid.uuid4())), key="c-100"
+        renderer.topics.steps_due,
+        _step_due("broken", str(uuid.uuid4()), mail_kind="marketing"),
+        key="c-100",
     )
     dlq = Topics.dlq(renderer.topics.steps_due)
     records = await read_records(renderer.settings.kafka_bootstrap_servers, dlq, 1)

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from stepmail_common.clock import ManualClock
-from stepmail_common.signing import Signer
+from stepmail_common.signing import Signer, parse_keys
 from stepmail_renderer.footer import Sender
 from stepmail_renderer.rendering import CompiledTemplate, MailRenderer, RenderedMail
 from stepmail_renderer.schemas import StepDue
+from stepmail_renderer.senders import SenderBook, SenderProfile
 from stepmail_renderer.templates import StoredTemplate, TemplateSource, load_template
 
 REPO = Path(__file__).resolve().parents[3]
@@ -28,13 +29,22 @@ NOW = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
 ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[BbQq]\?[^?\s]*\?=")
 
 
-def renderer() -> MailRenderer:
+KEYS = parse_keys("k1:unit-test-secret-0123456789")
+DEFAULT_SENDER = SenderProfile(
+    name="default",
+    mail_from="stepmail デモ <hello@example.com>",
+    legal_name=SENDER.legal_name,
+    postal_address=SENDER.postal_address,
+    contact=SENDER.contact,
+    list_unsubscribe_mailto="unsubscribe@example.com",
+)
+
+
+def renderer(*named: SenderProfile, default: SenderProfile = DEFAULT_SENDER) -> MailRenderer:
     return MailRenderer(
-        signer=SIGNER,
+        signing_keys=KEYS,
         tracker_public_url=TRACKER,
-        sender=SENDER,
-        mail_from="stepmail デモ <hello@example.com>",
-        unsubscribe_mailbox="unsubscribe@example.com",
+        senders=SenderBook(default, {s.name: s for s in named}),
         clock=ManualClock(NOW),
     )
 
@@ -63,13 +73,19 @@ def source(
     subject: str = "件名",
     preheader: str | None = None,
     mail_kind: str = "marketing",
+    **extra: Any,
 ) -> TemplateSource:
-    return TemplateSource("t", mail_kind, subject, preheader, html, text)
+    return TemplateSource("t", mail_kind, subject, preheader, html, text, **extra)
 
 
-def render(src: TemplateSource | None = None, due: StepDue | None = None) -> RenderedMail:
+def render(
+    src: TemplateSource | None = None,
+    due: StepDue | None = None,
+    with_renderer: MailRenderer | None = None,
+) -> RenderedMail:
     src = src or load_template(WELCOME_DIR)
-    return renderer().render(due or step(), CompiledTemplate.compile(StoredTemplate(src, 1)))
+    compiled = CompiledTemplate.compile(StoredTemplate(src, 1))
+    return (with_renderer or renderer()).render(due or step(), compiled)
 
 
 def parse(mail: RenderedMail) -> EmailMessage:

@@ -236,6 +236,11 @@ def test_transactional_template_keeps_its_kind_in_the_unsubscribe_token():
     token = re.search(r"/u/([^>]+)>", header)
     assert token
     assert UnsubscribeToken.decode(SIGNER, token.group(1)).mail_kind == "transactional"
+    # No RFC 8058 one-click on transactional mail; the footer links to the preferences.
+    assert parse(mail)["List-Unsubscribe-Post"] is None
+    text, html = parts(mail)
+    assert "メール配信の設定" in text
+    assert "Email preferences" in html
 
 
 @pytest.mark.parametrize(

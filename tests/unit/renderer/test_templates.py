@@ -12,7 +12,7 @@ from tests.unit.renderer.helpers import REPO, WELCOME_DIR
 def test_the_welcome_template_loads():
     welcome = load_template(WELCOME_DIR)
     assert welcome.id == "welcome"
-    assert welcome.mail_kind == "marketing"
+    assert welcome.mail_kind == "transactional"
     assert "contact.name | default('お客様')" in welcome.subject
     assert welcome.text is not None
     assert "https://shop.example.com/getting-started" in welcome.html
@@ -92,11 +92,22 @@ def _settings(**env: str) -> RendererSettings:
 
 def test_production_refuses_dev_signing_keys_and_plain_http():
     with pytest.raises(ValidationError, match="SIGNING_KEYS"):
-        _settings(stepmail_env="production", tracker_public_url="https://t.example.jp")
+        _settings(
+            stepmail_env="production",
+            stepmail_admin_token="prod-admin-token-0123456789",
+            tracker_public_url="https://t.example.jp",
+        )
+    with pytest.raises(ValidationError, match="STEPMAIL_ADMIN_TOKEN"):
+        _settings(
+            stepmail_env="production",
+            signing_keys="k2:prod-secret-0123456789abcdef",
+            tracker_public_url="https://t.example.jp",
+        )
     with pytest.raises(ValidationError, match="https"):
         _settings(
             stepmail_env="production",
             signing_keys="k2:prod-secret-0123456789abcdef",
+            stepmail_admin_token="prod-admin-token-0123456789",
             tracker_public_url="http://t.example.jp",
         )
 

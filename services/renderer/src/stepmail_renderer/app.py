@@ -1,4 +1,4 @@
-"""The renderer's app: consumes due steps, publishes rendered mails; ops endpoints only."""
+"""The renderer's app: consumes due steps, publishes rendered mails; the template API."""
 
 import logging
 from collections.abc import AsyncIterator
@@ -9,16 +9,18 @@ from fastapi import FastAPI
 from stepmail_common.clock import Clock, SystemClock
 from stepmail_common.kafka import EventConsumer
 from stepmail_common.service import migrate_only, open_database, open_producer
-from stepmail_common.signing import Signer
+from stepmail_common.signing import parse_keys
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import dependency_checks, install_common, start_background
 from stepmail_renderer import metrics
-from stepmail_renderer.footer import Sender
+from stepmail_renderer.api import TemplateService, install_api
 from stepmail_renderer.handlers import StepDueHandler
-from stepmail_renderer.rendering import CompiledTemplate, MailRenderer
+from stepmail_renderer.rendering import MailRenderer
 from stepmail_renderer.repository import RendererRepository
+from stepmail_renderer.senders import SenderBook
 from stepmail_renderer.settings import RendererSettings
-from stepmail_renderer.templates import StoredTemplate, load_directory
+from stepmail_renderer.templates import TemplateLoadError, load_directory, load_layouts
+from stepmail_renderer.validation import validate_template
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +29,31 @@ async def run_migrations(settings: RendererSettings) -> None:
     await migrate_only(settings, settings.db_schema, "stepmail_renderer")
 
 
-async def sync_templates(settings: RendererSettings, repo: RendererRepository) -> None:
-    """Store every template file; a changed one becomes a new version.
+def sender_book(settings: RendererSettings) -> SenderBook:
+    return SenderBook.load(settings.default_sender(), settings.senders_file)
 
-    A template that does not compile stops the start-up: a rollout with a broken
+
+async def sync_templates(
+    settings: RendererSettings, repo: RendererRepository, senders: SenderBook | None = None
+) -> None:
+    """Store every layout and template file; a changed one becomes a new version.
+
+    A template that fails validation stops the start-up: a rollout with a broken
     template fails visibly while the running replicas keep rendering.
     """
-    for source in load_directory(settings.renderer_templates_dir):
-        CompiledTemplate.compile(StoredTemplate(source, 0))
+    senders = senders or sender_book(settings)
+    root = settings.renderer_templates_dir
+    for layout in load_layouts(root):
+        version, created = await repo.save_layout(layout)
+        if created:
+            metrics.TEMPLATE_VERSIONS_CREATED.inc()
+        log.info("layout loaded", extra={"layout": layout.name, "version": version})
+    layouts = {name: src for name, (_, src) in (await repo.layouts()).items()}
+    for source in load_directory(root):
+        issues = validate_template(source, layouts, senders)
+        if issues:
+            detail = "; ".join(f"{i.field}: {i.detail}" for i in issues)
+            raise TemplateLoadError(f"{root / source.id}: {detail}")
         version, created = await repo.save_template(source)
         if created:
             metrics.TEMPLATE_VERSIONS_CREATED.inc()
@@ -51,24 +70,20 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            senders = sender_book(settings)
             pool = await open_database(stack, settings, settings.db_schema, "stepmail_renderer")
             repo = RendererRepository(pool)
-            await sync_templates(settings, repo)
+            await sync_templates(settings, repo, senders)
             producer = await open_producer(
                 stack, settings, "renderer", [topics.steps_due, topics.mail_rendered]
             )
             renderer = MailRenderer(
-                signer=Signer.from_spec(settings.signing_keys),
+                signing_keys=parse_keys(settings.signing_keys),
                 tracker_public_url=settings.tracker_public_url,
-                sender=Sender(
-                    legal_name=settings.sender_legal_name,
-                    postal_address=settings.sender_postal_address,
-                    contact=settings.sender_contact,
-                ),
-                mail_from=settings.mail_from,
-                unsubscribe_mailbox=settings.unsubscribe_mailbox,
+                senders=senders,
                 clock=clock,
             )
+            app.state.templates = TemplateService(repo, renderer, producer, topics, clock)
             consumer = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.steps_due],
@@ -89,4 +104,5 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
     )
 
     install_common(app, dependency_checks(app))
+    install_api(app, settings.stepmail_admin_token)
     return app

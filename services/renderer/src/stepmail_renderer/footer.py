@@ -24,7 +24,18 @@ class Sender:
     contact: str
 
 
-def text_footer(sender: Sender, unsubscribe_url: str) -> str:
+def text_footer(sender: Sender, unsubscribe_url: str, mail_kind: str = "marketing") -> str:
+    if mail_kind != "marketing":
+        return (
+            f"\n\n{_RULE}\n"
+            f"送信者：{sender.legal_name}\n"
+            f"所在地：{sender.postal_address}\n"
+            f"お問い合わせ先：{sender.contact}\n"
+            "\n"
+            f"メール配信の設定：{unsubscribe_url}\n"
+            f"Sent by {sender.legal_name}, {sender.postal_address}. Contact: {sender.contact}.\n"
+            "Email preferences: at the URL above.\n"
+        )
     return (
         f"\n\n{_RULE}\n"
         f"送信者：{sender.legal_name}\n"
@@ -40,23 +51,48 @@ def text_footer(sender: Sender, unsubscribe_url: str) -> str:
     )
 
 
-def html_footer(sender: Sender, unsubscribe_url: str) -> str:
+def html_footer(sender: Sender, unsubscribe_url: str, mail_kind: str = "marketing") -> str:
     name = html.escape(sender.legal_name)
     address = html.escape(sender.postal_address)
     contact = html.escape(sender.contact)
     url = html.escape(unsubscribe_url)
     link = f'<a href="{url}" style="color:#666666;word-break:break-all;">{url}</a>'
-    return (
+    head = (
         '<div class="stepmail-footer" style="margin-top:32px;padding-top:16px;'
         'border-top:1px solid #dddddd;font-size:12px;line-height:1.6;color:#666666;">'
         f'<p lang="ja" style="margin:0 0 8px;">送信者：{name}<br>所在地：{address}<br>'
         f"お問い合わせ先：{contact}</p>"
-        '<p lang="ja" style="margin:0 0 8px;">今後このメールの受信を希望されない場合は、'
+    )
+    if mail_kind != "marketing":
+        return (
+            head + f'<p lang="ja" style="margin:0 0 8px;">メール配信の設定：{link}</p>'
+            f'<p lang="en" style="margin:0;">Sent by {name}, {address}. Contact: {contact}.<br>'
+            f'<a href="{url}" style="color:#666666;">Email preferences</a>.</p></div>'
+        )
+    return (
+        head + '<p lang="ja" style="margin:0 0 8px;">今後このメールの受信を希望されない場合は、'
         f"下記のURLから配信停止（受信拒否）のお手続きができます。<br>{link}</p>"
         f'<p lang="en" style="margin:0;">Sent by {name}, {address}. Contact: {contact}.<br>'
         f'You may refuse further emails at any time: <a href="{url}" style="color:#666666;">'
         "unsubscribe</a>.</p></div>"
     )
+
+
+_MARK = "\x00stepmail-url\x00"
+
+
+class Footer:
+    """One sender's footer for one mail kind, built once; only the URL changes per mail."""
+
+    def __init__(self, sender: Sender, mail_kind: str) -> None:
+        self._text = text_footer(sender, _MARK, mail_kind).split(_MARK)
+        self._html = html_footer(sender, _MARK, mail_kind).split(_MARK)
+
+    def text(self, unsubscribe_url: str) -> str:
+        return unsubscribe_url.join(self._text)
+
+    def html(self, unsubscribe_url: str) -> str:
+        return html.escape(unsubscribe_url).join(self._html)
 
 
 def append_to_html(body: str, block: str) -> str:

@@ -100,3 +100,19 @@ class LinkTracker:
             return self._wrap(index, url) + rest
 
         return _TEXT_URL.sub(url_at, body)
+
+
+def with_utm(url: str, params: tuple[tuple[str, str], ...]) -> str:
+    """``url`` with the UTM parameters it lacks appended; ones it has are left alone."""
+    if not params:
+        return url
+    base, hash_, fragment = url.partition("#")
+    query = base.partition("?")[2]
+    present = {pair.partition("=")[0] for pair in query.split("&") if pair}
+    extra = "&".join(
+        f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params if k not in present
+    )
+    if not extra:
+        return url
+    joiner = "&" if query else ("" if base.endswith("?") else "?")
+    return f"{base}{joiner}{extra}{hash_}{fragment}"

@@ -7,9 +7,11 @@ so headers with non-ASCII text are encoded here, word by word.
 import base64
 import re
 from collections.abc import Sequence
+from email.header import Header
 from email.utils import formataddr
 
 from stepmail_common.errors import PermanentError
+from stepmail_renderer.iso2022jp import CODEC as JIS
 
 CRLF = "\r\n"
 MAX_ENCODED_WORD = 75
@@ -19,6 +21,9 @@ MAX_LINE = 998
 _WORD_OVERHEAD = len("=?UTF-8?B??=")
 _ADDRESS = re.compile(r"^[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-\[\]:]+$")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_AFTER_TAG = re.compile(r"(?<=>)")
+# 7-bit body lines stay well inside RFC 5322's 998 octets.
+MAX_BODY_LINE = 990
 
 
 class MimeError(PermanentError):
@@ -100,6 +105,34 @@ def mailbox(name: str, display_name: str | None, address: str) -> str:
     return _join(prefix, words) + separator + tail
 
 
+def _jis_words(text: str, name: str) -> str:
+    encoded = Header(text, JIS, maxlinelen=MAX_ENCODED_LINE, header_name=name).encode(linesep=CRLF)
+    return encoded
+
+
+def jis_unstructured(name: str, text: str) -> str:
+    """Like ``unstructured``, with ISO-2022-JP encoded-words (text already JIS-safe)."""
+    text = clean_phrase(text)
+    prefix = f"{name}: "
+    if not _needs_encoding(text) and len(prefix) + len(text) <= MAX_ENCODED_LINE:
+        return prefix + text
+    return prefix + _jis_words(text, name)
+
+
+def jis_mailbox(name: str, display_name: str | None, address: str) -> str:
+    """Like ``mailbox``, with an ISO-2022-JP display name (already JIS-safe)."""
+    phrase = clean_phrase(display_name or "")
+    if not phrase or not _needs_encoding(phrase):
+        return mailbox(name, phrase, address)
+    address = check_address(address)
+    words = _jis_words(phrase, name)
+    tail = f"<{address}>"
+    last = words.rsplit(CRLF, 1)[-1]
+    last_line = len(last) + (len(name) + 2 if CRLF not in words else 0)
+    separator = " " if last_line + 1 + len(tail) <= MAX_ENCODED_LINE else CRLF + " "
+    return f"{name}: {words}{separator}{tail}"
+
+
 def plain(name: str, value: str) -> str:
     """A header line of ASCII that needs no encoding (ids, dates, URIs)."""
     if not value.isascii() or _CONTROLS.search(value.replace(CRLF + " ", "")):
@@ -112,8 +145,46 @@ def _body(content: str) -> str:
     return base64.encodebytes(canonical.encode()).decode().replace("\n", CRLF)
 
 
-def alternative(headers: Sequence[str], text: str, html: str, boundary: str) -> str:
-    """The whole message: ``headers`` lines, then text/plain first and text/html last."""
+def _split_long(line: str, html: bool) -> list[bytes]:
+    """One logical line as ISO-2022-JP lines of at most ``MAX_BODY_LINE`` octets.
+
+    HTML breaks after a tag where it can (a line break there changes nothing shown);
+    anything else breaks between characters, each piece ending back in ASCII.
+    """
+    pieces = _AFTER_TAG.split(line) if html else [line]
+    out: list[bytes] = []
+    current = ""
+    for piece in pieces:
+        if len((current + piece).encode(JIS)) <= MAX_BODY_LINE:
+            current += piece
+            continue
+        if current:
+            out.append(current.encode(JIS))
+            current = ""
+        for char in piece:
+            if len((current + char).encode(JIS)) > MAX_BODY_LINE:
+                out.append(current.encode(JIS))
+                current = ""
+            current += char
+    out.append(current.encode(JIS))
+    return out
+
+
+def _jis_body(content: str, html: bool) -> str:
+    lines: list[bytes] = []
+    for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        encoded = line.encode(JIS)
+        lines.extend([encoded] if len(encoded) <= MAX_BODY_LINE else _split_long(line, html))
+    return (b"\r\n".join(lines) + b"\r\n").decode("ascii")
+
+
+def alternative(
+    headers: Sequence[str], text: str, html: str, boundary: str, charset: str = "utf-8"
+) -> str:
+    """The whole message: ``headers`` lines, then text/plain first and text/html last.
+
+    UTF-8 bodies are base64; ISO-2022-JP bodies (text already JIS-safe) are 7bit.
+    """
     lines = [
         *headers,
         "MIME-Version: 1.0",
@@ -125,6 +196,14 @@ def alternative(headers: Sequence[str], text: str, html: str, boundary: str) -> 
                 raise MimeError(f"a header line is longer than {MAX_LINE} characters")
     parts = []
     for subtype, content in (("plain", text), ("html", html)):
+        if charset == JIS:
+            parts.append(
+                f"--{boundary}{CRLF}"
+                f'Content-Type: text/{subtype}; charset="ISO-2022-JP"{CRLF}'
+                f"Content-Transfer-Encoding: 7bit{CRLF}{CRLF}"
+                f"{_jis_body(content, subtype == 'html')}"
+            )
+            continue
         parts.append(
             f"--{boundary}{CRLF}"
             f'Content-Type: text/{subtype}; charset="UTF-8"{CRLF}'

@@ -3,8 +3,10 @@
 import hashlib
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import format_datetime, parseaddr
+from email.utils import format_datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Template
@@ -12,19 +14,25 @@ from jinja2 import Template
 from stepmail_common.clock import Clock
 from stepmail_common.errors import PermanentError
 from stepmail_common.events import derived_id
-from stepmail_common.signing import Signer
-from stepmail_common.tracking import ClickToken, MailRef, UnsubscribeToken
-from stepmail_renderer import footer, mime
+from stepmail_renderer import footer, iso2022jp, mime
 from stepmail_renderer.htmltext import html_to_text
-from stepmail_renderer.links import LinkTracker
-from stepmail_renderer.sandbox import HTML_ENV, TEXT_ENV, compile_template, render
+from stepmail_renderer.links import LinkTracker, with_utm
+from stepmail_renderer.sandbox import compile_template, environment, render
 from stepmail_renderer.schemas import DEFAULT_TIME_ZONE, StepDue
+from stepmail_renderer.senders import SenderBook, SenderProfile
 from stepmail_renderer.templates import StoredTemplate, TemplateSource
+from stepmail_renderer.tokens import TokenSigner, open_token, packed
 
 _DOT_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _PRINTABLE = re.compile(r"^[!-~]+$")
+_META_CHARSET = re.compile(r"(<meta\b[^>]*charset=[\"']?)utf-8", re.IGNORECASE)
 _CACHE_SIZE = 256
 _DATE_ZONE = ZoneInfo(DEFAULT_TIME_ZONE)
+_ONE_CLICK = mime.plain("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+_PIXEL = (
+    '<img src="{}" width="1" height="1" alt="" style="display:block;width:1px;height:1px;'
+    'border:0;" aria-hidden="true">'
+)
 
 
 class MailKindMismatchError(PermanentError):
@@ -33,6 +41,18 @@ class MailKindMismatchError(PermanentError):
 
 class BadMessageIdError(PermanentError):
     """A message id that cannot travel in a mail header."""
+
+
+@dataclass(frozen=True, slots=True)
+class Layouts:
+    """The layouts and partials templates may extend or include, at fixed versions."""
+
+    sources: Mapping[str, str]
+    versions: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def empty(cls) -> "Layouts":
+        return cls({}, ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,32 +67,63 @@ class CompiledTemplate:
     text: Template | None
 
     @classmethod
-    def compile(cls, stored: StoredTemplate) -> "CompiledTemplate":
+    def compile(cls, stored: StoredTemplate, layouts: Layouts | None = None) -> "CompiledTemplate":
         src = stored.source
         where = f"template {src.id!r} v{stored.version}"
+        sources = layouts.sources if layouts else {}
+        html_env = environment(autoescape=True, layouts=sources)
+        text_env = environment(autoescape=False, layouts=sources)
         return cls(
             source=src,
             version=stored.version,
-            subject=compile_template(TEXT_ENV, src.subject, f"{where} subject"),
+            subject=compile_template(text_env, src.subject, f"{where} subject"),
             preheader=(
-                compile_template(HTML_ENV, src.preheader, f"{where} preheader")
+                compile_template(html_env, src.preheader, f"{where} preheader")
                 if src.preheader
                 else None
             ),
-            html=compile_template(HTML_ENV, src.html, f"{where} body.html.j2"),
-            text=compile_template(TEXT_ENV, src.text, f"{where} body.txt.j2") if src.text else None,
+            html=compile_template(html_env, src.html, f"{where} body.html.j2"),
+            text=(
+                compile_template(text_env, src.text, f"{where} body.txt.j2") if src.text else None
+            ),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RenderedMail:
-    """A finished message and its envelope."""
+    """A finished message and its envelope, with its parts for previews."""
 
     message_id: str
     mime: str
     mail_from: str
     rcpt_to: str
     links: int
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+
+
+class _SenderParts:
+    """What a sender puts in every mail, prepared once."""
+
+    def __init__(self, sender: SenderProfile) -> None:
+        self.profile = sender
+        self.jis = sender.charset == iso2022jp.CODEC
+        legal = footer.Sender(sender.legal_name, sender.postal_address, sender.contact)
+        if self.jis:
+            self.from_line = mime.jis_mailbox(
+                "From",
+                iso2022jp.to_jis_text(sender.from_name, f"sender {sender.name!r}"),
+                sender.from_address,
+            )
+        else:
+            self.from_line = mime.mailbox("From", sender.from_name, sender.from_address)
+        self.footers = {kind: footer.Footer(legal, kind) for kind in ("marketing", "transactional")}
+        self.context = {
+            "legal_name": sender.legal_name,
+            "postal_address": sender.postal_address,
+            "contact": sender.contact,
+        }
 
 
 class MailRenderer:
@@ -81,32 +132,29 @@ class MailRenderer:
     def __init__(
         self,
         *,
-        signer: Signer,
+        signing_keys: Mapping[str, bytes],
         tracker_public_url: str,
-        sender: footer.Sender,
-        mail_from: str,
-        unsubscribe_mailbox: str,
+        senders: SenderBook,
         clock: Clock,
     ) -> None:
-        self._signer = signer
+        self._signer = TokenSigner(signing_keys)
         self._tracker = tracker_public_url.rstrip("/")
-        self._sender = sender
-        self._from_name, self._from_address = parseaddr(mail_from)
-        self._domain = self._from_address.rpartition("@")[2]
-        self._unsubscribe_mailbox = mime.check_address(unsubscribe_mailbox)
+        self._senders = senders
         self._clock = clock
-        self._compiled: OrderedDict[tuple[str, int], CompiledTemplate] = OrderedDict()
+        self._compiled: OrderedDict[tuple[Any, ...], CompiledTemplate] = OrderedDict()
+        self._sender_parts: dict[str, _SenderParts] = {}
+        self._date: tuple[int, str] = (-1, "")
 
     @property
-    def envelope_from(self) -> str:
-        return self._from_address
+    def senders(self) -> SenderBook:
+        return self._senders
 
-    def compiled(self, stored: StoredTemplate) -> CompiledTemplate:
+    def compiled(self, stored: StoredTemplate, layouts: Layouts | None = None) -> CompiledTemplate:
         """The compiled form of a template version, kept for the next mail that needs it."""
-        key = (stored.source.id, stored.version)
+        key = (stored.source.id, stored.version, layouts.versions if layouts else ())
         found = self._compiled.get(key)
         if found is None:
-            found = CompiledTemplate.compile(stored)
+            found = CompiledTemplate.compile(stored, layouts)
             self._compiled[key] = found
             if len(self._compiled) > _CACHE_SIZE:
                 self._compiled.popitem(last=False)
@@ -114,26 +162,47 @@ class MailRenderer:
             self._compiled.move_to_end(key)
         return found
 
-    def _click_url(self, ref: MailRef, index: int, url: str) -> str:
-        return f"{self._tracker}/c/{ClickToken(ref, index, url).encode(self._signer)}"
+    def _parts_for(self, name: str | None) -> _SenderParts:
+        profile = self._senders.get(name)
+        found = self._sender_parts.get(profile.name)
+        if found is None:
+            found = self._sender_parts[profile.name] = _SenderParts(profile)
+        return found
 
-    def _message_id_header(self, message_id: str) -> str:
+    def _date_header(self) -> str:
+        now = self._clock.now()
+        second = int(now.timestamp())
+        if self._date[0] != second:
+            value = format_datetime(now.astimezone(_DATE_ZONE).replace(microsecond=0))
+            self._date = (second, mime.plain("Date", value))
+        return self._date[1]
+
+    def _message_id_header(self, message_id: str, domain: str) -> str:
         local = message_id if _DOT_ATOM.match(message_id) else derived_id("msgid", message_id)
-        return f"<{local}@{self._domain}>"
+        return f"<{local}@{domain}>"
 
-    def render(self, step: StepDue, template: CompiledTemplate) -> RenderedMail:
-        if template.source.mail_kind == "marketing" and step.mail_kind != "marketing":
+    def render(
+        self,
+        step: StepDue,
+        template: CompiledTemplate,
+        extra_headers: tuple[str, ...] = (),
+    ) -> RenderedMail:
+        src = template.source
+        if src.mail_kind == "marketing" and step.mail_kind != "marketing":
             raise MailKindMismatchError(
-                f"template {template.source.id!r} is marketing mail but the step sends it as"
-                f" {step.mail_kind}"
+                f"template {src.id!r} is marketing mail but the step sends it as {step.mail_kind}"
             )
         if not _PRINTABLE.match(step.message_id):
             raise BadMessageIdError("message_id must be printable ASCII without spaces")
-        ref = step.mail_ref
-        unsubscribe_token = UnsubscribeToken(ref, step.mail_kind).encode(self._signer)
+        sender = self._parts_for(src.sender)
+        profile = sender.profile
+        marketing = step.mail_kind == "marketing"
+        ref = packed(step.mail_ref)
+        signer = self._signer
+        unsubscribe_token = signer.sign({"k": "u", **ref, "mk": step.mail_kind})
         unsubscribe_url = f"{self._tracker}/u/{unsubscribe_token}"
-        context = step.template_context(unsubscribe_url)
-        where = f"template {template.source.id!r} v{template.version}"
+        context = step.template_context(unsubscribe_url, sender.context)
+        where = f"template {src.id!r} v{template.version}"
 
         subject = mime.clean_phrase(render(template.subject, context, f"{where} subject"))
         if not subject:
@@ -145,33 +214,66 @@ class MailRenderer:
             else html_to_text(html)
         )
 
-        links = LinkTracker(
-            lambda index, url: self._click_url(ref, index, url), keep={unsubscribe_url}
-        )
+        utm = profile.utm_for(step.scenario_id, step.step_id, src.id) if profile.utm else ()
+        click_base = f"{self._tracker}/c/"
+
+        def wrap(index: int, url: str) -> str:
+            target = with_utm(url, utm) if utm else url
+            return click_base + signer.sign({"k": "c", **ref, "i": index, "u": target})
+
+        links = LinkTracker(wrap, keep={unsubscribe_url})
         html = links.html(html)
         text = links.text(text)
         if template.preheader is not None:
             preheader = render(template.preheader, context, f"{where} preheader")
             html = footer.prepend_to_html(html, footer.preheader_html(preheader))
-        html = footer.append_to_html(html, footer.html_footer(self._sender, unsubscribe_url))
-        text = text.rstrip() + footer.text_footer(self._sender, unsubscribe_url)
+        mail_footer = sender.footers["marketing" if marketing else "transactional"]
+        closing = mail_footer.html(unsubscribe_url)
+        if profile.open_tracking:
+            closing += _PIXEL.format(f"{self._tracker}/o/{open_token(signer, ref)}")
+        html = footer.append_to_html(html, closing)
+        text = text.rstrip() + mail_footer.text(unsubscribe_url)
 
-        mailto = f"mailto:{self._unsubscribe_mailbox}?subject=unsubscribe%20{unsubscribe_token}"
+        to_name = step.contact_name
+        if sender.jis:
+            jis = iso2022jp.to_jis_text
+            subject = jis(subject, f"{where} subject")
+            to_name = jis(to_name, "the contact's name") if to_name else None
+            text = jis(text, f"{where} text")
+            html = _META_CHARSET.sub(r"\1iso-2022-jp", jis(html, f"{where} html"))
+            subject_line = mime.jis_unstructured("Subject", subject)
+            to_line = mime.jis_mailbox("To", to_name, step.email)
+        else:
+            subject_line = mime.unstructured("Subject", subject)
+            to_line = mime.mailbox("To", to_name, step.email)
         headers = [
-            mime.mailbox("From", self._from_name, self._from_address),
-            mime.mailbox("To", step.contact_name, step.email),
-            mime.unstructured("Subject", subject),
-            mime.plain("Date", format_datetime(self._clock.now().astimezone(_DATE_ZONE))),
-            mime.plain("Message-ID", self._message_id_header(step.message_id)),
+            sender.from_line,
+            to_line,
+            subject_line,
+            self._date_header(),
+            mime.plain("Message-ID", self._message_id_header(step.message_id, profile.domain)),
             mime.plain("X-Stepmail-Message-Id", step.message_id),
-            mime.plain("List-Unsubscribe", f"<{unsubscribe_url}>,{mime.CRLF} <{mailto}>"),
-            mime.plain("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
         ]
+        mailto = f"mailto:{profile.unsubscribe_mailbox}?subject=unsubscribe%20{unsubscribe_token}"
+        headers.append(
+            mime.plain("List-Unsubscribe", f"<{unsubscribe_url}>,{mime.CRLF} <{mailto}>")
+        )
+        if marketing:
+            # RFC 8058 one-click is for bulk (marketing) mail. A transactional mail (a
+            # receipt, a password reset) offers its preferences page instead: a click
+            # there never silently stops the mails a customer's own actions ask for.
+            headers.append(_ONE_CLICK)
+        headers.extend(extra_headers)
         boundary = "=_sm_" + hashlib.sha256(step.message_id.encode()).hexdigest()[:32]
         return RenderedMail(
             message_id=step.message_id,
-            mime=mime.alternative(headers, text, html, boundary),
-            mail_from=self._from_address,
+            mime=mime.alternative(
+                headers, text, html, boundary, iso2022jp.CODEC if sender.jis else "utf-8"
+            ),
+            mail_from=profile.from_address,
             rcpt_to=step.email,
             links=links.count,
+            subject=subject,
+            html=html,
+            text=text,
         )

@@ -1,14 +1,16 @@
 """The Jinja sandbox templates run in: no attribute tricks, no huge values, no silent blanks."""
 
 import operator
+from collections.abc import Mapping
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import BaseLoader, StrictUndefined, Template, TemplateError, TemplateNotFound
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from stepmail_common.errors import PermanentError
+from stepmail_renderer.filters import FILTERS
 
 # A template that multiplies its way to gigabytes would stall the partition.
 MAX_REPEAT = 100_000
@@ -22,11 +24,35 @@ class TemplateRenderError(PermanentError):
 class TemplateSyntaxProblem(PermanentError):
     """A template whose source does not compile."""
 
+    def __init__(self, message: str, lineno: int | None = None) -> None:
+        super().__init__(message)
+        self.lineno = lineno
+
+
+class LayoutLoader(BaseLoader):
+    """Shared layouts and partials (``layouts/<name>``), from one fixed set of versions."""
+
+    def __init__(self, layouts: Mapping[str, str]) -> None:
+        self._layouts = dict(layouts)
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, str | None, Any]:
+        source = self._layouts.get(template)
+        if source is None:
+            raise TemplateNotFound(template)
+        return source, None, lambda: True
+
 
 class MailSandbox(ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox, strict about undefined names and about value sizes."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Data keys win over dict methods: ``event.properties.items`` is the cart's items,
+        # not ``dict.items``.
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, op: str, left: Any, right: Any) -> Any:
         if op == "**":
@@ -43,24 +69,30 @@ class MailSandbox(ImmutableSandboxedEnvironment):
         return operator.mul(left, right)
 
 
-def _environment(*, autoescape: bool) -> MailSandbox:
-    return MailSandbox(
+def environment(*, autoescape: bool, layouts: Mapping[str, str] | None = None) -> MailSandbox:
+    """A sandbox with the mail filters and, when given, the layouts it may extend/include."""
+    env = MailSandbox(
         autoescape=autoescape,
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         auto_reload=False,
+        loader=LayoutLoader(layouts or {}),
     )
+    env.filters.update(FILTERS)
+    return env
 
 
-HTML_ENV = _environment(autoescape=True)
-TEXT_ENV = _environment(autoescape=False)
+HTML_ENV = environment(autoescape=True)
+TEXT_ENV = environment(autoescape=False)
 
 
 def compile_template(env: MailSandbox, source: str, where: str) -> Template:
     try:
         return env.from_string(source)
     except TemplateError as exc:
-        raise TemplateSyntaxProblem(f"{where}: {exc}") from exc
+        lineno = getattr(exc, "lineno", None)
+        at = f" line {lineno}" if lineno else ""
+        raise TemplateSyntaxProblem(f"{where}{at}: {exc}", lineno) from exc
 
 
 def render(template: Template, context: dict[str, Any], where: str) -> str:

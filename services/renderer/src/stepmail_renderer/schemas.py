@@ -20,6 +20,7 @@ class StepDue:
     step_id: str
     step_index: int
     template_id: str
+    template_version: int | None
     mail_kind: str
     contact: dict[str, Any]
     event_name: str
@@ -35,6 +36,7 @@ class StepDue:
             step_id=data["step"]["id"],
             step_index=data["step"]["index"],
             template_id=data["template"],
+            template_version=data.get("template_version"),
             mail_kind=data["mail_kind"],
             contact=data["contact"],
             event_name=data["event"]["name"],
@@ -66,8 +68,11 @@ class StepDue:
             step_index=self.step_index,
         )
 
-    def template_context(self, unsubscribe_url: str) -> dict[str, Any]:
-        """What a template sees: ``contact``, ``event`` and ``unsubscribe_url``."""
+    def template_context(
+        self, unsubscribe_url: str, sender: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """What a template sees: ``contact``, ``event``, ``scenario``, ``step``, ``sender``
+        and ``unsubscribe_url``."""
         contact: dict[str, Any] = {
             "id": self.contact_id,
             "email": self.email,
@@ -80,5 +85,8 @@ class StepDue:
         return {
             "contact": contact,
             "event": {"name": self.event_name, "properties": self.event_properties},
+            "scenario": {"id": self.scenario_id, "version": self.scenario_version},
+            "step": {"id": self.step_id, "index": self.step_index},
+            "sender": sender or {},
             "unsubscribe_url": unsubscribe_url,
         }
