@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from stepmail_common.clock import SystemClock
 from stepmail_common.db import create_pool, migrate
-from stepmail_sender.delivery import Deliverer
+from stepmail_sender.delivery import Deliverer, RetryPolicy
 from stepmail_sender.domain import RenderedMail
 from stepmail_sender.ledger import Ledger
 from stepmail_sender.owners import OwnerLease
@@ -117,7 +117,7 @@ async def make_deliverer(
         await lease.start()
         transport = SmtpTransport(parse_smtp_url(smtp_server.url), timeout=5)
         opened.extend([lease, transport])
-        kwargs.setdefault("retry_backoff", 0.01)
+        kwargs.setdefault("retry", RetryPolicy(base=0.05, cap=0.2, max_age=30))
         return Deliverer(
             Ledger(sender_pool, EVENTS_TOPIC),
             transport,

@@ -9,6 +9,8 @@ import pytest
 
 from stepmail_common.events import derived_id, validate
 from stepmail_sender import metrics, repository
+from stepmail_sender.delivery import RetryPolicy
+from stepmail_sender.domain import Outcome
 from stepmail_sender.repository import OWNER_LOCK_CLASS
 from tests.integration.sender.conftest import SCHEMA, rendered
 
@@ -94,34 +96,66 @@ async def test_5xx_is_failed_with_code_and_text(make_deliverer, smtp_server, sen
     assert events[-1]["data"]["smtp_code"] == 550
 
 
+async def until_settled(deliverer, message_id: str, within: float = 10.0):
+    """Run the retry pass until the mail leaves ``deferred``."""
+    deadline = time.monotonic() + within
+    while True:
+        await deliverer.retry_due()
+        row = await deliverer._ledger.get(message_id)
+        if row.state != "deferred":
+            return row
+        assert time.monotonic() < deadline, row
+        await asyncio.sleep(0.02)
+
+
 async def test_451_then_250_is_one_delivery(make_deliverer, smtp_server):
     smtp_server.rcpt_script["grey@example.org"] = ["451 4.7.1 greylisted, try again"]
     deliverer = await make_deliverer()
-    done = await deliverer.handle(rendered("m-451", rcpt_to="grey@example.org"))
+    first = await deliverer.handle(rendered("m-451", rcpt_to="grey@example.org"))
+    assert (first.state, first.smtp_code, first.dsn) == ("deferred", 451, "4.7.1")
+    done = await until_settled(deliverer, "m-451")
     assert done.state == "sent"
-    assert done.attempt == 1
+    assert done.attempt == 2
     assert smtp_server.rcpt_seen.count("grey@example.org") == 2
     assert smtp_server.count("m-451") == 1
     # The connection was reused after the refusal: the next mail goes through it too.
     assert (await deliverer.handle(rendered("m-after-451"))).state == "sent"
 
 
-async def test_4xx_until_retries_run_out_is_failed(make_deliverer, smtp_server):
-    smtp_server.rcpt_script["busy@example.org"] = ["452 4.3.1 insufficient storage"] * 3
-    deliverer = await make_deliverer(retries=2)
-    done = await deliverer.handle(rendered("m-452", rcpt_to="busy@example.org"))
-    assert (done.state, done.smtp_code) == ("failed", 452)
+async def test_4xx_until_the_max_age_is_failed(make_deliverer, smtp_server):
+    smtp_server.rcpt_script["busy@example.org"] = ["452 4.3.1 insufficient storage"] * 50
+    deliverer = await make_deliverer(retry=RetryPolicy(base=0.05, cap=0.1, max_age=0.5))
+    await deliverer.handle(rendered("m-452", rcpt_to="busy@example.org"))
+    done = await until_settled(deliverer, "m-452")
+    assert (done.state, done.smtp_code, done.bounce) == ("failed", 452, "soft")
     assert smtp_server.received == []
 
 
-async def test_connection_refused_is_failed_as_connection(make_deliverer, smtp_server):
+async def test_connection_refused_is_deferred_as_connection(make_deliverer, smtp_server):
     smtp_server.url = "smtp://127.0.0.1:9"  # discard port: nothing listens
-    before = metrics.MAILS_FAILED.labels("connection")._value.get()
-    deliverer = await make_deliverer(retries=1)
+    before = metrics.DEFERRED.labels("connection")._value.get()
+    deliverer = await make_deliverer()
     done = await deliverer.handle(rendered("m-noconn"))
-    assert done.state == "failed"
+    assert done.state == "deferred"
     assert done.smtp_code is None
-    assert metrics.MAILS_FAILED.labels("connection")._value.get() == before + 1
+    assert metrics.DEFERRED.labels("connection")._value.get() == before + 1
+
+
+async def test_550_5_1_1_suppresses_the_address_for_later_mails(
+    make_deliverer, smtp_server, sender_pool
+):
+    smtp_server.rcpt_script["gone@example.org"] = ["550 5.1.1 <gone@example.org>: no such user"]
+    deliverer = await make_deliverer()
+    done = await deliverer.handle(rendered("m-gone-1", rcpt_to="gone@example.org"))
+    assert (done.state, done.bounce, done.dsn) == ("failed", "hard", "5.1.1")
+    later = await deliverer.handle(rendered("m-gone-2", rcpt_to="GONE@example.org"))
+    assert (later.state, later.reason) == ("suppressed", "bounced")
+    assert smtp_server.rcpt_seen.count("GONE@example.org") == 0
+    events = await outbox_events(sender_pool, "m-gone-2")
+    assert events[-1]["type"] == "stepmail.delivery.suppressed.v1"
+    assert events[-1]["data"]["reason"] == "bounced"
+    stored = await sender_pool.fetch("SELECT key FROM suppressions")
+    assert all("gone" not in r["key"] for r in stored), "only a keyed hash is stored"
 
 
 @pytest.mark.parametrize(
@@ -210,7 +244,9 @@ async def test_live_owner_is_waited_for_not_skipped(
             await asyncio.sleep(0.02)
         assert not task.done()
         # The other process records its answer; only then does the handler return.
-        await repository.finish(conn, claimed, "sent", 250, "2.0.0 Ok", datetime.now(UTC))
+        await repository.finish_many(
+            conn, [(claimed, Outcome("sent", 250, "2.0.0 Ok"))], datetime.now(UTC)
+        )
         done = await asyncio.wait_for(task, timeout=10)
     finally:
         await conn.close()

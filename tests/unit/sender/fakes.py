@@ -12,7 +12,7 @@ class FakeLedger:
 
     def __init__(self) -> None:
         self.rows: dict[str, Delivery] = {}
-        self.parcels: dict[str, Parcel] = {}
+        self.stored: dict[str, Parcel] = {}
         self.events: list[Delivery] = []
         self.live_owners: set[int] = set()
 
@@ -38,7 +38,7 @@ class FakeLedger:
             claimed_at=None,
             finished_at=None,
         )
-        self.parcels[mail.message_id] = mail.parcel
+        self.stored[mail.message_id] = mail.parcel
         return True
 
     def _set(self, row: Delivery, **changes) -> Delivery:
@@ -47,9 +47,34 @@ class FakeLedger:
         self.events.append(new)
         return new
 
+    async def accept_many(self, mails, at: datetime) -> int:
+        return sum([await self.accept(m, at) for m in mails])
+
+    async def claim_many(self, message_ids, owner: int, at: datetime) -> list[Delivery]:
+        claimed = [await self.claim(m, owner, at) for m in message_ids]
+        return [c for c in claimed if c is not None]
+
+    async def finish_many(self, done, at: datetime) -> list[Delivery]:
+        finished = [await self.finish(c, o, at) for c, o in done]
+        return [f for f in finished if f is not None]
+
+    async def parcels(self, message_ids) -> dict[str, Parcel]:
+        return {m: self.stored[m] for m in message_ids if m in self.stored}
+
+    async def due_deferred(self, at: datetime, limit: int) -> list[str]:
+        return [
+            r.message_id
+            for r in self.rows.values()
+            if r.state == "deferred" and r.next_attempt_at and r.next_attempt_at <= at
+        ][:limit]
+
+    async def count_deferred(self) -> int:
+        return sum(1 for r in self.rows.values() if r.state == "deferred")
+
     async def claim(self, message_id: str, owner: int, at: datetime) -> Delivery | None:
         row = self.rows[message_id]
-        if row.state == "accepted" or (row.state == "ambiguous" and row.policy == "resend"):
+        due = row.state == "deferred" and row.next_attempt_at and row.next_attempt_at <= at
+        if due or row.state == "accepted" or (row.state == "ambiguous" and row.policy == "resend"):
             return self._set(
                 row,
                 state="sending",
@@ -65,13 +90,21 @@ class FakeLedger:
         same = (row.state, row.owner, row.attempt) == ("sending", claimed.owner, claimed.attempt)
         return row if same else None
 
-    async def finish(self, claimed, state, smtp_code, smtp_response, at) -> Delivery | None:
+    async def finish(self, claimed, outcome, at) -> Delivery | None:
         row = self._holds(claimed)
         if row is None:
             return None
-        self.parcels.pop(claimed.message_id, None)
+        if outcome.state != "deferred":
+            self.stored.pop(claimed.message_id, None)
         return self._set(
-            row, state=state, smtp_code=smtp_code, smtp_response=smtp_response, finished_at=at
+            row,
+            state=outcome.state,
+            smtp_code=outcome.code,
+            smtp_response=outcome.text,
+            bounce=outcome.bounce,
+            dsn=outcome.dsn,
+            next_attempt_at=outcome.next_attempt_at,
+            finished_at=None if outcome.state == "deferred" else at,
         )
 
     async def mark_ambiguous(self, stuck, policy, smtp_response, at) -> Delivery | None:
@@ -79,14 +112,14 @@ class FakeLedger:
         if row is None:
             return None
         if policy == "hold":
-            self.parcels.pop(stuck.message_id, None)
+            self.stored.pop(stuck.message_id, None)
         return self._set(row, state="ambiguous", policy=policy, smtp_response=smtp_response)
 
     async def get(self, message_id: str) -> Delivery | None:
         return self.rows.get(message_id)
 
     async def parcel(self, message_id: str) -> Parcel | None:
-        return self.parcels.get(message_id)
+        return self.stored.get(message_id)
 
     async def orphans(self, me: int) -> list[Delivery]:
         return [

@@ -1,13 +1,13 @@
 """The deliverer's decisions, on fakes: retries, failures, and the ambiguous policy."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from stepmail_common.clock import ManualClock
 from stepmail_sender import metrics
-from stepmail_sender.delivery import Deliverer, OwnerBusyError
-from stepmail_sender.smtp import reply_of
+from stepmail_sender.delivery import Deliverer, OwnerBusyError, RetryPolicy
+from stepmail_sender.smtp import is_hard_bounce, reply_of
 from tests.unit.sender.fakes import (
     FakeLedger,
     FakeTransport,
@@ -21,7 +21,6 @@ OTHER = 9
 
 
 def deliverer(ledger, transport, policy="hold", **kwargs) -> Deliverer:
-    kwargs.setdefault("retry_backoff", 0.0)
     return Deliverer(
         ledger,
         transport,
@@ -54,24 +53,57 @@ async def test_message_bytes_end_with_crlf():
     assert smtp.sent[0][2].endswith(b"Hello\r\n")
 
 
-async def test_transient_reply_is_retried_within_the_attempt():
+async def test_transient_reply_is_deferred_then_sent_by_the_retry_pass():
     ledger = FakeLedger()
     smtp = FakeTransport(reply_of(451, "4.7.1 try later"), connection_lost())
-    done = await deliverer(ledger, smtp).handle(a_mail())
-    assert done.state == "sent"
-    assert done.attempt == 1
+    d = deliverer(ledger, smtp, retry=RetryPolicy(base=10, cap=100, max_age=3600))
+    done = await d.handle(a_mail())
+    assert (done.state, done.smtp_code, done.dsn) == ("deferred", 451, "4.7.1")
+    assert done.next_attempt_at is not None
+    assert await d.retry_due() == 0, "not due yet"
+    d._clock.advance(timedelta(seconds=10))
+    assert await d.retry_due() == 1
+    assert ledger.rows["msg-1"].state == "deferred", "a connection failure defers again"
+    d._clock.advance(timedelta(seconds=20))
+    assert await d.retry_due() == 1
+    assert (ledger.rows["msg-1"].state, ledger.rows["msg-1"].attempt) == ("sent", 3)
     assert len(smtp.sent) == 3
+    assert "msg-1" not in ledger.stored, "the parcel is dropped once the fate is known"
 
 
-async def test_retries_exhausted_is_failed_with_the_last_reply():
+async def test_transient_past_the_max_age_is_failed_soft():
     before = metrics.MAILS_FAILED.labels("4xx")._value.get()
     ledger = FakeLedger()
-    smtp = FakeTransport(*[reply_of(451, "4.7.1 greylisted")] * 4)
-    done = await deliverer(ledger, smtp, retries=3).handle(a_mail())
-    assert done.state == "failed"
+    smtp = FakeTransport(reply_of(451, "4.7.1 greylisted"))
+    d = deliverer(ledger, smtp, retry=RetryPolicy(base=10, cap=100, max_age=1))
+    done = await d.handle(a_mail())
+    assert (done.state, done.bounce) == ("failed", "soft")
     assert (done.smtp_code, done.smtp_response) == (451, "4.7.1 greylisted")
-    assert len(smtp.sent) == 4
     assert metrics.MAILS_FAILED.labels("4xx")._value.get() == before + 1
+
+
+def test_backoff_grows_with_jitter_within_bounds():
+    policy = RetryPolicy(base=10, cap=100, max_age=1000)
+    for attempt, full in [(1, 10), (2, 20), (3, 40), (8, 100)]:
+        delays = {policy.delay(attempt) for _ in range(20)}
+        assert all(full / 2 <= x <= full for x in delays)
+        assert len(delays) > 1
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "hard"),
+    [
+        (550, "5.1.1 <redacted>: Recipient address rejected", True),
+        (550, "5.7.1 message refused as spam", False),
+        (550, "Requested action not taken: mailbox unavailable", True),
+        (553, "sorry, no such user here", True),
+        (554, "transaction failed", False),
+        (451, "4.1.1 try later", False),
+        (550, "5.1.8 bad sender address", False),
+    ],
+)
+def test_hard_bounces(code, text, hard):
+    assert is_hard_bounce(code, text) is hard
 
 
 async def test_permanent_reply_fails_at_once():

@@ -13,14 +13,18 @@ from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import dependency_checks, install_common, start_background
-from stepmail_sender.delivery import Deliverer
-from stepmail_sender.handlers import dispatcher
+from stepmail_sender.consumer import BatchConsumer
+from stepmail_sender.delivery import Deliverer, RetryPolicy, Signer, Transport
+from stepmail_sender.dkimsign import DkimSigner, load_keys
+from stepmail_sender.handlers import feedback_dispatcher
 from stepmail_sender.ledger import Ledger
-from stepmail_sender.loops import Recovery
+from stepmail_sender.loops import Recovery, Retrier
 from stepmail_sender.owners import OwnerLease
 from stepmail_sender.schemas import DeliveryOut
+from stepmail_sender.ses import SesTransport
 from stepmail_sender.settings import SenderSettings
-from stepmail_sender.smtp import SmtpTransport, parse_smtp_url
+from stepmail_sender.smtp import SmtpPool, parse_smtp_url
+from stepmail_sender.throttle import Throttle, parse_domain_limits, parse_limit
 
 log = logging.getLogger(__name__)
 
@@ -33,31 +37,69 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     topics = Topics(settings.kafka_topic_prefix)
     smtp_target = parse_smtp_url(settings.smtp_url)
+    signer: Signer | None = None
+    if settings.sender_dkim_sign:
+        keys = load_keys(settings.sender_dkim_keys) + load_keys(settings.sender_dkim_ed25519_keys)
+        signer = DkimSigner(keys) if keys else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             pool = await open_database(stack, settings, settings.db_schema, "stepmail_sender")
             producer = await open_producer(
-                stack, settings, "sender", [topics.mail_rendered, topics.delivery_events]
+                stack,
+                settings,
+                "sender",
+                [
+                    topics.mail_rendered,
+                    topics.delivery_events,
+                    topics.engagement_events,
+                    topics.contact_events,
+                ],
             )
             # Closed after everything that sends has stopped: the lock proves we are alive.
             lease = OwnerLease(settings.database_url, settings.db_schema)
             await lease.start()
             stack.push_async_callback(lease.close)
-            transport = SmtpTransport(smtp_target, timeout=settings.smtp_timeout_seconds)
-            stack.push_async_callback(transport.close)
+            transport: Transport
+            if settings.sender_transport == "ses":
+                ses = SesTransport.from_settings(settings)
+                stack.push_async_callback(ses.close)
+                transport = ses
+            else:
+                smtp = SmtpPool(
+                    smtp_target,
+                    timeout=settings.smtp_timeout_seconds,
+                    size=settings.smtp_pool_size,
+                )
+                stack.push_async_callback(smtp.close)
+                transport = smtp
+            throttle = Throttle(
+                pool,
+                parse_domain_limits(settings.sender_domain_limits),
+                parse_limit(settings.sender_account_limit)
+                if settings.sender_account_limit
+                else None,
+                settings.sender_transport,
+            )
+            await throttle.start()
 
-            ledger = Ledger(pool, topics.delivery_events)
+            ledger = Ledger(pool, topics.delivery_events, settings.sender_suppression_key.encode())
             deliverer = Deliverer(
                 ledger,
                 transport,
                 clock,
                 owner=lease.owner,
                 policy=settings.sender_ambiguous_policy,
-                retries=settings.smtp_retries,
-                retry_backoff=settings.smtp_retry_backoff_seconds,
+                retry=RetryPolicy(
+                    base=settings.sender_retry_base_seconds,
+                    cap=settings.sender_retry_max_seconds,
+                    max_age=settings.sender_retry_max_age_seconds,
+                ),
                 owner_wait=settings.sender_owner_wait_seconds,
+                window=settings.sender_window,
+                signer=signer,
+                throttle=throttle,
             )
             await start_background(stack, lease, "owner-lease")
             relay = OutboxRelay(
@@ -71,12 +113,23 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
             await deliverer.recover()
             recovery = Recovery(deliverer, interval=settings.sender_recovery_interval_seconds)
             await start_background(stack, recovery, "ambiguous-recovery")
-            consumer = EventConsumer(
+            retrier = Retrier(deliverer, interval=settings.sender_retry_interval_seconds)
+            await start_background(stack, retrier, "deferred-retries")
+            feedback = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topics=[topics.mail_rendered],
-                group_id=settings.consumer_group("sender"),
-                handler=dispatcher(deliverer),
+                topics=[topics.engagement_events, topics.contact_events],
+                group_id=settings.consumer_group("sender-feedback"),
+                handler=feedback_dispatcher(ledger),
                 producer=producer,
+            )
+            await start_background(stack, feedback, "feedback-consumer")
+            consumer = BatchConsumer(
+                bootstrap=settings.kafka_bootstrap_servers,
+                topic=topics.mail_rendered,
+                group_id=settings.consumer_group("sender"),
+                handler=deliverer.handle_many,
+                producer=producer,
+                max_batch=settings.sender_batch_max,
             )
             await start_background(stack, consumer, "consumer")
             app.state.pool = pool

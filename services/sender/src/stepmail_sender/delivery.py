@@ -24,6 +24,23 @@ and ``stepmail_sender_ambiguous_total{policy}`` counts it. Then
   envelope and MIME the ledger keeps until a mail's fate is known. The recipient may get
   it twice; nothing is lost. After ``max_attempts`` claims a mail is held instead.
 
+Failures. A 4xx reply or a connection failure (nothing handed over) records the mail
+``deferred`` with its next attempt after an exponential back-off with jitter; the retry
+loop claims it again when due (the ledger keeps envelope and MIME until the fate is
+known), so a retry never holds up the partition. Past ``retry_max_age`` it is
+``failed`` (``bounce: soft``). A 5xx reply is ``failed`` at once; a hard bounce (5.1.x,
+or 550/551/553 naming an unknown mailbox) also suppresses the address. The enhanced
+status code (``dsn``) and the reply text, addresses redacted, are kept.
+
+Suppression. Every claim first looks up the suppression list (by keyed hash of the
+address, and by contact id and mail kind): a suppressed recipient's mail becomes
+``suppressed`` and is never handed over.
+
+Concurrency. ``handle_many`` delivers a consumed batch in windows of ``window`` mails:
+one statement claims a window, its mails go out concurrently over the connection pool
+(under the throttles), one transaction records their outcomes. A process killed
+mid-window leaves at most ``window`` mails ambiguous.
+
 A consumed mail in ``sending`` under another live owner (a rebalance moved its partition
 while that process was still sending) is waited for until its outcome is recorded, so
 the offset is never committed before the mail's fate is in the ledger.
@@ -31,22 +48,34 @@ the offset is never committed before the mail's fate is in the ledger.
 
 import asyncio
 import collections
+import functools
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
 from stepmail_common.clock import Clock
 from stepmail_common.errors import PermanentError, RetriableError, is_retriable
 from stepmail_sender import metrics
-from stepmail_sender.domain import Delivery, Parcel, Policy, RenderedMail
+from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 from stepmail_sender.ledger import Ledger
-from stepmail_sender.smtp import Reply, Verdict
+from stepmail_sender.smtp import Reply, Verdict, dsn_of, is_hard_bounce
+from stepmail_sender.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
 # States in which a mail's fate is known and nothing more will be done with it.
-_SETTLED = frozenset({"sent", "failed", "suppressed"})
+_SETTLED = frozenset({"sent", "failed", "suppressed", "deferred"})
+
+
+def _failure_class(row: Delivery) -> str:
+    if row.smtp_code is None:
+        return "connection" if row.state == "deferred" else "other"
+    return f"{row.smtp_code // 100}xx"
+
 
 T = TypeVar("T")
 
@@ -56,9 +85,26 @@ class OwnerBusyError(RetriableError):
 
 
 class Transport(Protocol):
-    """What the deliverer needs from SMTP (``smtp.SmtpTransport`` in production)."""
+    """What the deliverer needs from a transport (SMTP pool or an ESP's HTTP API)."""
 
     async def send(self, mail_from: str, rcpt_to: str, message: bytes) -> Reply: ...
+
+
+Signer = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Back-off of deferred mails: ``base * 2**(attempt-1)``, capped, jittered, up to an age."""
+
+    base: float = 60.0
+    cap: float = 3600.0
+    max_age: float = 2 * 86400.0
+
+    def delay(self, attempt: int) -> float:
+        full = min(self.cap, self.base * 2 ** max(0, min(attempt - 1, 30)))
+        # "Equal jitter": never sooner than half the back-off, spread over the other half.
+        return full / 2 + random.uniform(0, full / 2)
 
 
 class Deliverer:
@@ -72,19 +118,23 @@ class Deliverer:
         *,
         owner: int,
         policy: Policy,
-        retries: int = 3,
-        retry_backoff: float = 0.2,
+        retry: RetryPolicy | None = None,
         owner_wait: float = 30.0,
         poll_interval: float = 0.05,
         max_attempts: int = 5,
+        window: int = 32,
+        signer: Signer | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self._ledger = ledger
         self._transport = transport
         self._clock = clock
         self.owner = owner
         self.policy: Policy = policy
-        self._retries = retries
-        self._backoff = retry_backoff
+        self._retry = retry or RetryPolicy()
+        self._window = max(1, window)
+        self._signer = signer
+        self._throttle = throttle
         self._owner_wait = owner_wait
         self._poll = poll_interval
         self._max_attempts = max_attempts
@@ -96,6 +146,170 @@ class Deliverer:
         """Deliver a consumed mail; returns once its fate is in the ledger."""
         await self._ledger.accept(mail, self._clock.now())
         return await self._drive(mail.message_id, mail.parcel, wait=True)
+
+    async def handle_many(self, mails: Sequence[RenderedMail]) -> None:
+        """Deliver a consumed batch; returns once every mail's fate is in the ledger."""
+        unique: dict[str, RenderedMail] = {}
+        for mail in mails:
+            unique.setdefault(mail.message_id, mail)
+        if not unique:
+            return
+        await self._retrying(lambda: self._ledger.accept_many(list(unique.values()), self._now()))
+        pending = list(unique.values())
+        for start in range(0, len(pending), self._window):
+            chunk = pending[start : start + self._window]
+            await self._deliver_window(
+                [m.message_id for m in chunk], {m.message_id: m.parcel for m in chunk}, wait=True
+            )
+
+    async def retry_due(self, limit: int = 200) -> int:
+        """Claim and send deferred mails whose time has come; returns how many were due."""
+        due = await self._ledger.due_deferred(self._now(), limit)
+        for start in range(0, len(due), self._window):
+            chunk = due[start : start + self._window]
+            await self._deliver_window(chunk, None, wait=False)
+        metrics.RETRIES_PENDING.set(await self._ledger.count_deferred())
+        return len(due)
+
+    def _now(self) -> datetime:
+        return self._clock.now()
+
+    async def _deliver_window(
+        self, message_ids: list[str], parcels: dict[str, Parcel] | None, *, wait: bool
+    ) -> None:
+        """Claim a window in one statement, send it concurrently, record it in one transaction."""
+        for message_id in message_ids:
+            self._in_hand[message_id] += 1
+        try:
+            claimed = await self._retrying(
+                lambda: self._ledger.claim_many(message_ids, self.owner, self._now())
+            )
+            for row in claimed:
+                if row.state == "suppressed":
+                    metrics.SUPPRESSED.labels(row.reason or "unknown").inc()
+            sending = [c for c in claimed if c.state == "sending"]
+            if parcels is None or any(c.resend for c in sending):
+                stored = await self._ledger.parcels([c.message_id for c in sending])
+                parcels = {**stored, **(parcels or {})}
+            results = await self._send_window(sending, parcels)
+            outcomes = [(c, o) for c, o in results if isinstance(o, Outcome)]
+            recorded = await self._retrying(lambda: self._ledger.finish_many(outcomes, self._now()))
+            self._observe(recorded)
+            lost = {c.message_id for c, _ in outcomes} - {d.message_id for d in recorded}
+            for claim_lost in (c for c, _ in outcomes if c.message_id in lost):
+                await self._lost_claim(claim_lost)
+            unknown = [(c, r) for c, r in results if isinstance(r, Reply)]
+        finally:
+            for message_id in message_ids:
+                self._in_hand[message_id] -= 1
+                if not self._in_hand[message_id]:
+                    del self._in_hand[message_id]
+        # The rare paths one by one: handovers of unknown outcome, and mails this window
+        # could not claim (redelivered, being sent elsewhere, ambiguous under resend).
+        for claimed_row, reply in unknown:
+            marked = await self._retrying(
+                functools.partial(self._declare_ambiguous, claimed_row, reply.text)
+            )
+            if marked is not None and marked.policy == "resend":
+                await self._drive(marked.message_id, None, wait=False)
+        taken = {c.message_id for c in claimed}
+        others = [m for m in message_ids if m not in taken]
+        if others and wait:
+            await asyncio.gather(
+                *(self._drive(m, (parcels or {}).get(m), wait=True) for m in others)
+            )
+
+    async def _send_window(
+        self, sending: list[Delivery], parcels: dict[str, Parcel]
+    ) -> list[tuple[Delivery, Outcome | Reply]]:
+        """Send the claimed mails concurrently; a ``Reply`` result is an unknown outcome."""
+        by_domain: dict[str, list[Delivery]] = collections.defaultdict(list)
+        results: list[tuple[Delivery, Outcome | Reply]] = []
+        for row in sending:
+            parcel = parcels.get(row.message_id)
+            if parcel is None:
+                results.append((row, Outcome("failed", None, "parcel no longer stored")))
+                continue
+            by_domain[parcel.rcpt_domain if self._throttle else ""].append(row)
+
+        async def one(row: Delivery) -> None:
+            parcel = parcels[row.message_id]
+            results.append((row, await self._send_one(row, parcel)))
+
+        async def domain_group(domain: str, rows: list[Delivery]) -> None:
+            tasks: list[asyncio.Task[None]] = []
+            i = 0
+            while i < len(rows):
+                n = (
+                    await self._throttle.take(domain, len(rows) - i)
+                    if self._throttle
+                    else len(rows)
+                )
+                tasks.extend(asyncio.create_task(one(r)) for r in rows[i : i + n])
+                i += n
+            await asyncio.gather(*tasks)
+
+        await asyncio.gather(*(domain_group(d, rows) for d, rows in by_domain.items()))
+        return results
+
+    async def _send_one(self, claimed: Delivery, parcel: Parcel) -> Outcome | Reply:
+        if claimed.resend:
+            metrics.RESENDS.inc()
+        try:
+            message = parcel.message_bytes()
+            if self._signer is not None:
+                message = self._signer(message)
+        except PermanentError as exc:
+            return Outcome("failed", None, str(exc))
+        conns = self._throttle.connections(parcel.rcpt_domain) if self._throttle else None
+        started = time.perf_counter()
+        if conns is None:
+            reply = await self._transport.send(
+                parcel.envelope.mail_from, parcel.envelope.rcpt_to, message
+            )
+        else:
+            async with conns:
+                reply = await self._transport.send(
+                    parcel.envelope.mail_from, parcel.envelope.rcpt_to, message
+                )
+        metrics.SMTP_SECONDS.labels(reply.verdict.value).observe(time.perf_counter() - started)
+        if reply.verdict is Verdict.UNKNOWN:
+            return reply
+        return self._outcome(claimed, reply)
+
+    def _outcome(self, claimed: Delivery, reply: Reply) -> Outcome:
+        """What the ledger records for a reply whose meaning is known."""
+        if reply.verdict is Verdict.ACCEPTED:
+            return Outcome("sent", reply.code, reply.text)
+        dsn = dsn_of(reply.text)
+        if reply.verdict.retriable:
+            now = self._now()
+            delay = self._retry.delay(claimed.attempt)
+            age = (now - claimed.created_at).total_seconds()
+            if age + delay <= self._retry.max_age:
+                return Outcome(
+                    "deferred",
+                    reply.code,
+                    reply.text,
+                    dsn=dsn,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                )
+            return Outcome("failed", reply.code, reply.text, bounce="soft", dsn=dsn)
+        hard = is_hard_bounce(reply.code, reply.text)
+        return Outcome("failed", reply.code, reply.text, bounce="hard" if hard else None, dsn=dsn)
+
+    def _observe(self, recorded: Sequence[Delivery]) -> None:
+        now = self._now()
+        for row in recorded:
+            if row.state == "sent":
+                metrics.MAILS_SENT.inc()
+                metrics.DELIVERY_SECONDS.observe(max(0.0, (now - row.created_at).total_seconds()))
+            elif row.state == "deferred":
+                metrics.DEFERRED.labels(_failure_class(row)).inc()
+            elif row.state == "failed":
+                metrics.MAILS_FAILED.labels(_failure_class(row)).inc()
+                if row.bounce == "hard":
+                    metrics.SUPPRESSED.labels("bounced").inc()
 
     async def recover(self) -> int:
         """Resolve the mails left in ``sending`` by dead owners; returns how many."""
@@ -181,57 +395,36 @@ class Deliverer:
         return marked
 
     async def _attempt(self, claimed: Delivery, parcel: Parcel | None) -> Delivery:
-        """Send the claimed attempt and record its outcome."""
-        if parcel is None:
+        """Send the claimed attempt (or settle a suppressed one) and record its outcome."""
+        if claimed.state == "suppressed":
+            metrics.SUPPRESSED.labels(claimed.reason or "unknown").inc()
+            return claimed
+        if parcel is None or claimed.resend:
             parcel = await self._ledger.parcel(claimed.message_id)
         if parcel is None:
-            # Only a resend loads the parcel, and the ledger keeps it until the fate is known.
-            return await self._record(claimed, "failed", None, "parcel no longer stored")
-        if claimed.resend:
-            metrics.RESENDS.inc()
-        try:
-            message = parcel.message_bytes()
-        except PermanentError as exc:
-            return await self._record(claimed, "failed", None, str(exc))
-        reply = await self._send_with_retries(parcel, message)
-        if reply.verdict is Verdict.ACCEPTED:
-            metrics.MAILS_SENT.inc()
-            return await self._record(claimed, "sent", reply.code, reply.text)
-        if reply.verdict is Verdict.UNKNOWN:
-            marked = await self._retrying(lambda: self._declare_ambiguous(claimed, reply.text))
+            # The ledger keeps the parcel until the fate is known; erasure may have taken it.
+            return await self._record(claimed, Outcome("failed", None, "parcel no longer stored"))
+        result = await self._send_one(claimed, parcel)
+        if isinstance(result, Reply):
+            marked = await self._retrying(lambda: self._declare_ambiguous(claimed, result.text))
             if marked is None:
                 return await self._lost_claim(claimed)
             return marked
-        metrics.MAILS_FAILED.labels(reply.verdict.value).inc()
-        return await self._record(claimed, "failed", reply.code, reply.text)
+        return await self._record(claimed, result)
 
-    async def _send_with_retries(self, parcel: Parcel, message: bytes) -> Reply:
-        envelope = parcel.envelope
-        for retry in range(self._retries + 1):
-            started = time.perf_counter()
-            reply = await self._transport.send(envelope.mail_from, envelope.rcpt_to, message)
-            metrics.SMTP_SECONDS.labels(reply.verdict.value).observe(time.perf_counter() - started)
-            if not reply.verdict.retriable or retry == self._retries:
-                return reply
-            metrics.SMTP_RETRIES.labels(reply.verdict.value).inc()
-            await asyncio.sleep(self._backoff * 2**retry)
-        raise AssertionError("unreachable")
-
-    async def _record(
-        self, claimed: Delivery, state: str, code: int | None, text: str | None
-    ) -> Delivery:
-        done = await self._retrying(
-            lambda: self._ledger.finish(claimed, state, code, text, self._clock.now())
-        )
+    async def _record(self, claimed: Delivery, outcome: Outcome) -> Delivery:
+        done = await self._retrying(lambda: self._ledger.finish(claimed, outcome, self._now()))
         if done is None:
             return await self._lost_claim(claimed)
+        self._observe([done])
         log.info(
-            "mail delivered" if state == "sent" else "mail failed",
+            "mail outcome recorded",
             extra={
                 "message_id": claimed.message_id,
                 "contact_id": claimed.contact_id,
                 "attempt": claimed.attempt,
-                "smtp_code": code,
+                "state": outcome.state,
+                "smtp_code": outcome.code,
             },
         )
         return done

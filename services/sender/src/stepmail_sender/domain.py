@@ -23,6 +23,11 @@ class Parcel:
     envelope: Envelope
     mime: str
 
+    @property
+    def rcpt_domain(self) -> str:
+        """The recipient's domain in lower case (what throttles are keyed by)."""
+        return self.envelope.rcpt_to.rpartition("@")[2].strip().rstrip(">").lower()
+
     def message_bytes(self) -> bytes:
         """The message as sent; the renderer promises 7-bit text with CRLF line ends."""
         try:
@@ -97,6 +102,10 @@ class Delivery:
     updated_at: datetime
     claimed_at: datetime | None
     finished_at: datetime | None
+    next_attempt_at: datetime | None = None
+    bounce: str | None = None
+    dsn: str | None = None
+    reason: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The row as the HTTP API shows it: no address, no owner key."""
@@ -113,4 +122,20 @@ class Delivery:
             "updated_at": self.updated_at,
             "claimed_at": self.claimed_at,
             "finished_at": self.finished_at,
+            "next_attempt_at": self.next_attempt_at,
+            "bounce": self.bounce,
+            "dsn": self.dsn,
+            "reason": self.reason,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt ends in, as the ledger records it."""
+
+    state: Literal["sent", "failed", "deferred"]
+    code: int | None
+    text: str | None
+    bounce: Literal["hard", "soft"] | None = None
+    dsn: str | None = None
+    next_attempt_at: datetime | None = None

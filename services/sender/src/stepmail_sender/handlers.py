@@ -1,24 +1,69 @@
-"""Handlers of consumed events: one function per event type, dependencies as arguments."""
+"""Handlers of consumed feedback: one function per event type, dependencies as arguments.
+
+Rendered mails are consumed in batches by ``consumer.BatchConsumer`` straight into
+``Deliverer.handle_many``; what arrives here are the events that stop mail: opt-outs,
+complaints and bounces from ``engagement-events`` and erasures from ``contact-events``.
+"""
+
+import logging
 
 from stepmail_common import event_types
-from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import Handler
-from stepmail_sender.delivery import Deliverer
-from stepmail_sender.domain import RenderedMail
+from stepmail_sender import metrics
+from stepmail_sender.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
-async def mail_rendered(event: CloudEvent, deliverer: Deliverer) -> None:
-    """Deliver the mail; returns (and lets the offset be committed) once its fate is recorded."""
-    await deliverer.handle(RenderedMail.from_data(event.data))
+async def unsubscribed(event: CloudEvent, ledger: Ledger) -> None:
+    """The contact opted out of a kind of mail: no more of that kind, whatever the address."""
+    data = event.data
+    if await ledger.suppress_contact(data["contact_id"], data["mail_kind"], "unsubscribed"):
+        metrics.SUPPRESSIONS_RECORDED.labels("unsubscribed").inc()
 
 
-def dispatcher(deliverer: Deliverer) -> Handler:
-    """The consumer's handler for ``mail-rendered``."""
+async def resubscribed(event: CloudEvent, ledger: Ledger) -> None:
+    data = event.data
+    await ledger.resubscribe_contact(data["contact_id"], data["mail_kind"])
+
+
+async def complained(event: CloudEvent, ledger: Ledger) -> None:
+    """A spam complaint suppresses the address for every kind of mail."""
+    if await ledger.suppress_address(event.data["recipient"], "*", "complained"):
+        metrics.SUPPRESSIONS_RECORDED.labels("complained").inc()
+
+
+async def bounced(event: CloudEvent, ledger: Ledger) -> None:
+    """A hard bounce reported by the ESP suppresses the address; a soft one does not."""
+    if event.data.get("bounce") == "hard" and await ledger.suppress_address(
+        event.data["recipient"], "*", "bounced"
+    ):
+        metrics.SUPPRESSIONS_RECORDED.labels("bounced").inc()
+
+
+async def contact_erased(event: CloudEvent, ledger: Ledger) -> None:
+    """Forget the contact's addresses and mails in the ledger; never send to them again."""
+    forgotten = await ledger.erase_contact(event.data["contact_id"])
+    metrics.SUPPRESSIONS_RECORDED.labels("erased").inc()
+    log.info("contact erased from the ledger", extra={"rows": forgotten})
+
+
+_HANDLERS = {
+    event_types.ENGAGEMENT_UNSUBSCRIBED: unsubscribed,
+    event_types.ENGAGEMENT_RESUBSCRIBED: resubscribed,
+    event_types.ENGAGEMENT_COMPLAINED: complained,
+    event_types.ENGAGEMENT_BOUNCED: bounced,
+    event_types.CONTACT_ERASED: contact_erased,
+}
+
+
+def feedback_dispatcher(ledger: Ledger) -> Handler:
+    """The handler of ``engagement-events`` and ``contact-events``; other types are skipped."""
 
     async def handle(event: CloudEvent) -> None:
-        if event.type != event_types.MAIL_RENDERED:
-            raise PermanentError(f"unexpected event type {event.type!r} on mail-rendered")
-        await mail_rendered(event, deliverer)
+        handler = _HANDLERS.get(event.type)
+        if handler is not None:
+            await handler(event, ledger)
 
     return handle

@@ -7,6 +7,9 @@ publish delays the event; it never loses it.
 """
 
 import asyncio
+import hashlib
+import hmac
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +20,7 @@ from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.outbox import OutboxEvent
 from stepmail_common.outbox import add as add_to_outbox
 from stepmail_sender import repository
-from stepmail_sender.domain import Delivery, Parcel, Policy, RenderedMail
+from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
 SOURCE = "urn:stepmail:sender"
 
@@ -26,7 +29,18 @@ _EVENT_TYPES = {
     "sent": event_types.DELIVERY_SENT,
     "failed": event_types.DELIVERY_FAILED,
     "ambiguous": event_types.DELIVERY_AMBIGUOUS,
+    "deferred": event_types.DELIVERY_DEFERRED,
+    "suppressed": event_types.DELIVERY_SUPPRESSED,
 }
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def address_hash(key: bytes, address: str) -> str:
+    """The keyed hash under which an address is suppressed (the address itself is not kept)."""
+    return hmac.new(key, address.strip().lower().encode(), hashlib.sha256).hexdigest()
 
 
 def delivery_event(delivery: Delivery, at: datetime) -> CloudEvent:
@@ -40,10 +54,17 @@ def delivery_event(delivery: Delivery, at: datetime) -> CloudEvent:
         "attempt": delivery.attempt,
         "smtp_code": delivery.smtp_code,
         "smtp_response": delivery.smtp_response,
-        "at": at.isoformat().replace("+00:00", "Z"),
+        "at": _iso(at),
     }
     if delivery.state == "ambiguous" and delivery.policy is not None:
         data["policy"] = delivery.policy
+    elif delivery.state == "failed":
+        data["bounce"] = delivery.bounce
+        data["dsn"] = delivery.dsn
+    elif delivery.state == "deferred" and delivery.next_attempt_at is not None:
+        data["next_attempt_at"] = _iso(delivery.next_attempt_at)
+    elif delivery.state == "suppressed" and delivery.reason is not None:
+        data["reason"] = delivery.reason
     return CloudEvent(
         type=_EVENT_TYPES[delivery.state],
         source=SOURCE,
@@ -57,20 +78,99 @@ def delivery_event(delivery: Delivery, at: datetime) -> CloudEvent:
 class Ledger:
     """Transactions over the ledger rows and their outbox events."""
 
-    def __init__(self, pool: "asyncpg.Pool[asyncpg.Record]", events_topic: str) -> None:
+    def __init__(
+        self,
+        pool: "asyncpg.Pool[asyncpg.Record]",
+        events_topic: str,
+        address_key: bytes = b"stepmail-dev-suppression-key",
+    ) -> None:
         self._pool = pool
         self._topic = events_topic
+        self._key = address_key
         self.outbox_ready = asyncio.Event()
 
     async def _with_event(
         self, delivery: Delivery | None, conn: repository.Conn, at: datetime
     ) -> None:
         if delivery is not None:
-            event = delivery_event(delivery, at)
-            await add_to_outbox(conn, [OutboxEvent(self._topic, delivery.contact_id, event)])
+            await self._with_events([delivery], conn, at)
+
+    async def _with_events(
+        self, deliveries: Sequence[Delivery], conn: repository.Conn, at: datetime
+    ) -> None:
+        if deliveries:
+            await add_to_outbox(
+                conn,
+                [OutboxEvent(self._topic, d.contact_id, delivery_event(d, at)) for d in deliveries],
+            )
+
+    def address_hash(self, address: str) -> str:
+        return address_hash(self._key, address)
 
     async def accept(self, mail: RenderedMail, at: datetime) -> bool:
-        return await repository.insert_if_absent(self._pool, mail, at)
+        return bool(await self.accept_many([mail], at))
+
+    async def accept_many(self, mails: Sequence[RenderedMail], at: datetime) -> int:
+        hashes = [self.address_hash(m.parcel.envelope.rcpt_to) for m in mails]
+        return await repository.insert_many(self._pool, mails, hashes, at)
+
+    async def claim_many(
+        self, message_ids: Sequence[str], owner: int, at: datetime
+    ) -> list[Delivery]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await repository.claim_many(conn, message_ids, owner, at)
+            await self._with_events(claimed, conn, at)
+        if claimed:
+            self.outbox_ready.set()
+        return claimed
+
+    async def finish_many(
+        self, done: Sequence[tuple[Delivery, Outcome]], at: datetime
+    ) -> list[Delivery]:
+        """Record outcomes; hard bounces suppress the address in the same transaction."""
+        if not done:
+            return []
+        async with self._pool.acquire() as conn, conn.transaction():
+            finished = await repository.finish_many(conn, done, at)
+            await self._with_events(finished, conn, at)
+            hard = {d.message_id for d in finished if d.bounce == "hard"}
+            for claimed, _ in done:
+                if claimed.message_id in hard:
+                    row_hash = await conn.fetchval(
+                        "SELECT rcpt_hash FROM deliveries WHERE message_id = $1",
+                        claimed.message_id,
+                    )
+                    if row_hash is not None:
+                        await repository.suppress(conn, "address", row_hash, "*", "bounced")
+        if finished:
+            self.outbox_ready.set()
+        return finished
+
+    async def suppress_address(self, address: str, mail_kind: str, reason: str) -> bool:
+        return await repository.suppress(
+            self._pool, "address", self.address_hash(address), mail_kind, reason
+        )
+
+    async def suppress_contact(self, contact_id: str, mail_kind: str, reason: str) -> bool:
+        return await repository.suppress(self._pool, "contact", contact_id, mail_kind, reason)
+
+    async def resubscribe_contact(self, contact_id: str, mail_kind: str) -> None:
+        await repository.unsuppress(self._pool, "contact", contact_id, mail_kind, "unsubscribed")
+
+    async def erase_contact(self, contact_id: str) -> int:
+        """Suppress the contact for good and forget the addresses and MIME held for it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await repository.suppress(conn, "contact", contact_id, "*", "erased")
+            return await repository.erase_contact(conn, contact_id)
+
+    async def parcels(self, message_ids: Sequence[str]) -> dict[str, Parcel]:
+        return await repository.parcels(self._pool, message_ids)
+
+    async def due_deferred(self, at: datetime, limit: int) -> list[str]:
+        return await repository.due_deferred(self._pool, at, limit)
+
+    async def count_deferred(self) -> int:
+        return await repository.count_deferred(self._pool)
 
     async def claim(self, message_id: str, owner: int, at: datetime) -> Delivery | None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -79,19 +179,9 @@ class Ledger:
         self._wake_relay(claimed)
         return claimed
 
-    async def finish(
-        self,
-        claimed: Delivery,
-        state: str,
-        smtp_code: int | None,
-        smtp_response: str | None,
-        at: datetime,
-    ) -> Delivery | None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            done = await repository.finish(conn, claimed, state, smtp_code, smtp_response, at)
-            await self._with_event(done, conn, at)
-        self._wake_relay(done)
-        return done
+    async def finish(self, claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery | None:
+        done = await self.finish_many([(claimed, outcome)], at)
+        return done[0] if done else None
 
     async def mark_ambiguous(
         self, stuck: Delivery, policy: Policy, smtp_response: str | None, at: datetime

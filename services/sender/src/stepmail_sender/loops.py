@@ -20,3 +20,15 @@ class Recovery(PeriodicLoop):
         if resolved:
             log.info("ambiguous mails resolved", extra={"count": resolved})
         return False
+
+
+class Retrier(PeriodicLoop):
+    """Sends deferred mails whose next attempt is due (apart from the consumed partitions)."""
+
+    def __init__(self, deliverer: Deliverer, *, interval: float = 1.0, batch: int = 200) -> None:
+        super().__init__(interval)
+        self._deliverer = deliverer
+        self._batch = batch
+
+    async def run_once(self) -> bool:
+        return await self._deliverer.retry_due(self._batch) >= self._batch

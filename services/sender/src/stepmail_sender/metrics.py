@@ -1,13 +1,13 @@
 """The sender's Prometheus metrics: no addresses, no ids, few bounded labels."""
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 MAILS_SENT = Counter(
     "stepmail_sender_mails_sent_total", "Mails the SMTP server accepted (resends included)"
 )
 MAILS_FAILED = Counter(
     "stepmail_sender_mails_failed_total",
-    "Mails recorded as failed, by failure class (4xx, 5xx, connection)",
+    "Mails recorded as failed, by failure class (4xx, 5xx, connection, other)",
     ["class"],
 )
 AMBIGUOUS = Counter(
@@ -18,10 +18,33 @@ AMBIGUOUS = Counter(
 RESENDS = Counter(
     "stepmail_sender_resends_total", "Attempts that re-send a mail after an ambiguous one"
 )
-SMTP_RETRIES = Counter(
-    "stepmail_sender_smtp_retries_total",
-    "Quick in-process retries after a 4xx reply or a connection failure",
+DEFERRED = Counter(
+    "stepmail_sender_mails_deferred_total",
+    "Attempts that ended in a temporary failure and were scheduled again, by class",
     ["class"],
+)
+SUPPRESSED = Counter(
+    "stepmail_sender_mails_suppressed_total",
+    "Mails not sent (or addresses suppressed by a hard bounce), by reason",
+    ["reason"],
+)
+THROTTLED = Counter(
+    "stepmail_sender_throttled_total",
+    "Times a window of mails waited for a throttle token, by configured domain or 'account'",
+    ["bucket"],
+)
+RETRIES_PENDING = Gauge(
+    "stepmail_sender_retries_pending", "Mails in the ledger waiting for their next attempt"
+)
+CONSUMER_LAG = Gauge(
+    "stepmail_sender_consumer_lag",
+    "Records of mail-rendered not yet consumed, by partition assigned to this process",
+    ["partition"],
+)
+DELIVERY_SECONDS = Histogram(
+    "stepmail_sender_delivery_seconds",
+    "From a mail's arrival in the ledger to the server's acceptance",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
 DUPLICATES_SKIPPED = Counter(
     "stepmail_sender_duplicates_skipped_total",
@@ -37,4 +60,13 @@ SMTP_SECONDS = Histogram(
     "Time of one SMTP transaction (MAIL, RCPT, DATA), by outcome",
     ["outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+SUPPRESSIONS_RECORDED = Counter(
+    "stepmail_sender_suppressions_recorded_total",
+    "Suppressions recorded from feedback events, by reason",
+    ["reason"],
+)
+DKIM_UNSIGNED = Counter(
+    "stepmail_sender_dkim_unsigned_total",
+    "Mails sent without a DKIM signature because no key is configured for the From domain",
 )

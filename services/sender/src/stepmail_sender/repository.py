@@ -5,13 +5,14 @@ row in ``sending``, on its owner and attempt), so two processes can never both m
 same row: the loser's update matches nothing.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Final, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from stepmail_sender.domain import Delivery, Parcel, Policy, RenderedMail
+from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
 # A pool, a pooled connection or a plain one: all run queries the same way.
 Conn: TypeAlias = (
@@ -25,7 +26,21 @@ OWNER_LOCK_CLASS: Final = 0x53454E44  # "SEND"
 _COLUMNS = (
     "message_id, contact_id, scenario_id, scenario_version, step_id, step_index, state,"
     " attempt, owner, resend, policy, smtp_code, smtp_response, created_at, updated_at,"
-    " claimed_at, finished_at"
+    " claimed_at, finished_at, next_attempt_at, bounce, dsn, reason"
+)
+_D_COLUMNS = ", ".join(f"d.{c.strip()}" for c in _COLUMNS.split(","))
+
+# A row that may be claimed now: new, ambiguous under ``resend``, or deferred and due.
+_CLAIMABLE = (
+    "(d.state = 'accepted' OR (d.state = 'ambiguous' AND d.policy = 'resend')"
+    " OR (d.state = 'deferred' AND d.next_attempt_at <= $3::timestamptz))"
+)
+# Why the row's recipient must not get it, if they must not (NULL otherwise).
+_SUPPRESSED_BECAUSE = (
+    "(SELECT s.reason FROM suppressions s WHERE s.mail_kind IN ('*', d.mail_kind) AND"
+    " ((s.scope = 'address' AND s.key = d.rcpt_hash)"
+    " OR (s.scope = 'contact' AND s.key = d.contact_id))"
+    " ORDER BY s.created_at LIMIT 1)"
 )
 
 
@@ -33,66 +48,100 @@ def _delivery(row: asyncpg.Record) -> Delivery:
     return Delivery(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - Record
 
 
-async def insert_if_absent(conn: Conn, mail: RenderedMail, at: datetime) -> bool:
-    """Record a mail as ``accepted`` unless its message id is known; ``True`` if new."""
+async def insert_many(
+    conn: Conn, mails: Sequence[RenderedMail], hashes: Sequence[str], at: datetime
+) -> int:
+    """Record mails as ``accepted`` unless their message id is known; returns how many were new."""
     status: str = await conn.execute(
         "INSERT INTO deliveries (message_id, contact_id, enrollment_id, scenario_id,"
-        " scenario_version, step_id, step_index, mail_kind, mail, created_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)"
-        " ON CONFLICT (message_id) DO NOTHING",
-        mail.message_id,
-        mail.contact_id,
-        mail.enrollment_id,
-        mail.scenario_id,
-        mail.scenario_version,
-        mail.step_id,
-        mail.step_index,
-        mail.mail_kind,
-        mail.parcel.to_json(),
+        " scenario_version, step_id, step_index, mail_kind, mail, rcpt_hash, rcpt_domain,"
+        " created_at, updated_at)"
+        " SELECT m.*, $12::timestamptz, $12::timestamptz FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::text[], $9::jsonb[],"
+        " $10::text[], $11::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
+        [m.message_id for m in mails],
+        [m.contact_id for m in mails],
+        [m.enrollment_id for m in mails],
+        [m.scenario_id for m in mails],
+        [m.scenario_version for m in mails],
+        [m.step_id for m in mails],
+        [m.step_index for m in mails],
+        [m.mail_kind for m in mails],
+        [m.parcel.to_json() for m in mails],
+        list(hashes),
+        [m.parcel.rcpt_domain for m in mails],
         at,
     )
-    return status.endswith(" 1")
+    return int(status.rsplit(" ", 1)[-1])
 
 
-async def claim(conn: Conn, message_id: str, owner: int, at: datetime) -> Delivery | None:
-    """Take a mail that may be sent (new, or ambiguous under ``resend``) into ``sending``."""
-    row = await conn.fetchrow(
-        "UPDATE deliveries SET state = 'sending', owner = $2, attempt = attempt + 1,"  # noqa: S608 - constant columns
-        " resend = (state = 'ambiguous'), smtp_code = NULL, smtp_response = NULL,"
-        " claimed_at = $3, updated_at = $3, finished_at = NULL"
-        " WHERE message_id = $1"
-        " AND (state = 'accepted' OR (state = 'ambiguous' AND policy = 'resend'))"
-        f" RETURNING {_COLUMNS}",
-        message_id,
+async def claim_many(
+    conn: Conn, message_ids: Sequence[str], owner: int, at: datetime
+) -> list[Delivery]:
+    """Take the claimable mails among ``message_ids`` into ``sending`` (or ``suppressed``).
+
+    Rows another transaction holds are skipped: the caller looks at them one by one.
+    A suppressed recipient's mail is settled here, before anything is handed over.
+    """
+    rows = await conn.fetch(
+        "WITH target AS ("  # noqa: S608 - constant columns
+        f" SELECT d.message_id, {_SUPPRESSED_BECAUSE} AS why FROM deliveries d"
+        f" WHERE d.message_id = ANY($1::text[]) AND {_CLAIMABLE}"
+        " ORDER BY d.message_id FOR UPDATE OF d SKIP LOCKED)"
+        " UPDATE deliveries d SET"
+        " state = CASE WHEN t.why IS NULL THEN 'sending' ELSE 'suppressed' END,"
+        " reason = t.why, owner = $2, attempt = d.attempt + 1,"
+        " resend = (d.state = 'ambiguous'), smtp_code = NULL, smtp_response = NULL,"
+        " claimed_at = $3, updated_at = $3, next_attempt_at = NULL,"
+        " finished_at = CASE WHEN t.why IS NULL THEN NULL ELSE $3::timestamptz END,"
+        " mail = CASE WHEN t.why IS NULL THEN d.mail END"
+        f" FROM target t WHERE d.message_id = t.message_id RETURNING {_D_COLUMNS}",
+        list(message_ids),
         owner,
         at,
     )
-    return None if row is None else _delivery(row)
+    return [_delivery(r) for r in rows]
 
 
-async def finish(
-    conn: Conn,
-    claimed: Delivery,
-    state: str,
-    smtp_code: int | None,
-    smtp_response: str | None,
-    at: datetime,
-) -> Delivery | None:
-    """Record the answer of the claimed attempt; ``None`` if the claim was lost meanwhile."""
-    row = await conn.fetchrow(
-        "UPDATE deliveries SET state = $4, smtp_code = $5, smtp_response = $6,"  # noqa: S608 - constant columns
-        " finished_at = $7, updated_at = $7, mail = NULL"
-        " WHERE message_id = $1 AND state = 'sending' AND owner = $2 AND attempt = $3"
-        f" RETURNING {_COLUMNS}",
-        claimed.message_id,
-        claimed.owner,
-        claimed.attempt,
-        state,
-        smtp_code,
-        smtp_response,
+async def claim(conn: Conn, message_id: str, owner: int, at: datetime) -> Delivery | None:
+    """Take one claimable mail into ``sending`` (or ``suppressed``)."""
+    claimed = await claim_many(conn, [message_id], owner, at)
+    return claimed[0] if claimed else None
+
+
+async def finish_many(
+    conn: Conn, done: Sequence[tuple[Delivery, Outcome]], at: datetime
+) -> list[Delivery]:
+    """Record the answers of claimed attempts; a claim lost meanwhile is left out.
+
+    The parcel is kept while the mail is ``deferred`` (it is sent again) and dropped
+    once the fate is known.
+    """
+    if not done:
+        return []
+    rows = await conn.fetch(
+        "UPDATE deliveries d SET state = v.state, smtp_code = v.code,"  # noqa: S608 - constant columns
+        " smtp_response = v.text, bounce = v.bounce, dsn = v.dsn,"
+        " next_attempt_at = v.next_at, updated_at = $9::timestamptz,"
+        " finished_at = CASE WHEN v.state = 'deferred' THEN NULL ELSE $9::timestamptz END,"
+        " mail = CASE WHEN v.state = 'deferred' THEN d.mail END"
+        " FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[],"
+        " $7::text[], $8::timestamptz[]) AS v(message_id, attempt, state, code, text, bounce,"
+        " dsn, next_at)"
+        " WHERE d.message_id = v.message_id AND d.state = 'sending' AND d.owner = $10"
+        f" AND d.attempt = v.attempt RETURNING {_D_COLUMNS}",
+        [c.message_id for c, _ in done],
+        [c.attempt for c, _ in done],
+        [o.state for _, o in done],
+        [o.code for _, o in done],
+        [o.text for _, o in done],
+        [o.bounce for _, o in done],
+        [o.dsn for _, o in done],
+        [o.next_attempt_at for _, o in done],
         at,
+        done[0][0].owner,
     )
-    return None if row is None else _delivery(row)
+    return [_delivery(r) for r in rows]
 
 
 async def mark_ambiguous(
@@ -169,3 +218,99 @@ async def try_owner_lock(conn: Conn, owner: int) -> bool:
         await conn.execute("SELECT pg_advisory_unlock($1, $2)", OWNER_LOCK_CLASS, owner)
         return False
     return True
+
+
+async def parcels(conn: Conn, message_ids: Sequence[str]) -> dict[str, Parcel]:
+    rows = await conn.fetch(
+        "SELECT message_id, mail FROM deliveries WHERE message_id = ANY($1::text[])"
+        " AND mail IS NOT NULL",
+        list(message_ids),
+    )
+    return {r["message_id"]: Parcel.from_json(r["mail"]) for r in rows}
+
+
+async def due_deferred(conn: Conn, at: datetime, limit: int) -> list[str]:
+    """Message ids of deferred mails whose next attempt is due, oldest first."""
+    rows = await conn.fetch(
+        "SELECT message_id FROM deliveries WHERE state = 'deferred' AND next_attempt_at <= $1"
+        " ORDER BY next_attempt_at LIMIT $2",
+        at,
+        limit,
+    )
+    return [r["message_id"] for r in rows]
+
+
+async def count_deferred(conn: Conn) -> int:
+    count: int = await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'deferred'")
+    return count
+
+
+async def suppress(conn: Conn, scope: str, key: str, mail_kind: str, reason: str) -> bool:
+    """Record a suppression; ``True`` if it is new."""
+    status: str = await conn.execute(
+        "INSERT INTO suppressions (scope, key, mail_kind, reason) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING",
+        scope,
+        key,
+        mail_kind,
+        reason,
+    )
+    return status.endswith(" 1")
+
+
+async def unsuppress(conn: Conn, scope: str, key: str, mail_kind: str, reason: str) -> None:
+    await conn.execute(
+        "DELETE FROM suppressions WHERE scope = $1 AND key = $2 AND mail_kind = $3 AND reason = $4",
+        scope,
+        key,
+        mail_kind,
+        reason,
+    )
+
+
+async def erase_contact(conn: Conn, contact_id: str) -> int:
+    """Forget what the ledger holds of a contact's address: the parcels and the hash.
+
+    Rows not yet settled keep their place and become ``suppressed`` at their next claim.
+    """
+    status: str = await conn.execute(
+        "UPDATE deliveries SET mail = NULL, rcpt_hash = NULL WHERE contact_id = $1"
+        " AND (mail IS NOT NULL OR rcpt_hash IS NOT NULL) AND state <> 'sending'",
+        contact_id,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def ensure_bucket(conn: Conn, bucket: str, tokens: float) -> None:
+    await conn.execute(
+        "INSERT INTO throttles (bucket, tokens) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        bucket,
+        tokens,
+    )
+
+
+async def take_tokens(
+    conn: Conn, bucket: str, want: int, rate: float, burst: float
+) -> tuple[int, float]:
+    """Take up to ``want`` whole tokens from a shared bucket refilled at ``rate`` per second.
+
+    One statement under the row lock, on the database's clock (the one clock every replica
+    shares). Returns the tokens granted and the tokens left (fractional, may be < 1).
+    """
+    row = await conn.fetchrow(
+        "WITH now AS (SELECT clock_timestamp() AS t),"
+        " cur AS (SELECT LEAST($4::float8, b.tokens + $3::float8 *"
+        "  EXTRACT(EPOCH FROM (now.t - b.updated_at))::float8) AS avail, now.t"
+        "  FROM throttles b, now WHERE b.bucket = $1 FOR UPDATE OF b),"
+        " g AS (SELECT GREATEST(0, LEAST(floor(avail), $2::int))::int AS granted, avail, t"
+        "  FROM cur)"
+        " UPDATE throttles b SET tokens = g.avail - g.granted, updated_at = g.t FROM g"
+        " WHERE b.bucket = $1 RETURNING g.granted, g.avail - g.granted AS left",
+        bucket,
+        want,
+        rate,
+        burst,
+    )
+    if row is None:
+        return want, 0.0
+    return int(row["granted"]), float(row["left"])

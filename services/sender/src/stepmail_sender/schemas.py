@@ -20,3 +20,7 @@ class DeliveryOut(BaseModel):
     updated_at: datetime
     claimed_at: datetime | None
     finished_at: datetime | None
+    next_attempt_at: datetime | None = None
+    bounce: str | None = None
+    dsn: str | None = None
+    reason: str | None = None

@@ -122,6 +122,35 @@ def reply_of(code: int, text: str) -> Reply:
     return Reply(classify(code), code, redact(text))
 
 
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+_MAILBOX_UNKNOWN = re.compile(
+    r"(user|mailbox|recipient|address)\s*(unknown|not found|does not exist|unavailable)"
+    r"|no such (user|mailbox|recipient)|unknown (user|recipient|mailbox)|invalid recipient",
+    re.IGNORECASE,
+)
+# Enhanced codes that say the recipient's address is bad (RFC 3463 5.1.x, not 5.1.7/5.1.8,
+# which are about the sender's address).
+_HARD_DSN = frozenset({"5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10"})
+
+
+def dsn_of(text: str | None) -> str | None:
+    """The enhanced status code (RFC 3463) a reply starts with, e.g. ``5.1.1``."""
+    if not text:
+        return None
+    found = _ENHANCED.match(text)
+    return ".".join(found.groups()) if found else None
+
+
+def is_hard_bounce(code: int | None, text: str | None) -> bool:
+    """The recipient's address does not exist: retrying or sending again is pointless."""
+    if code is None or not 500 <= code < 600:
+        return False
+    dsn = dsn_of(text)
+    if dsn is not None:
+        return dsn in _HARD_DSN
+    return code in (550, 551, 553) and bool(_MAILBOX_UNKNOWN.search(text or ""))
+
+
 class SmtpTransport:
     """One SMTP connection reused across mails, reopened when it breaks; one mail at a time."""
 
@@ -213,6 +242,27 @@ class SmtpTransport:
                     client.close()
             else:
                 client.close()
+
+
+class SmtpPool:
+    """Up to ``size`` persistent SMTP connections, each carrying one transaction at a time."""
+
+    def __init__(self, target: SmtpTarget, *, timeout: float, size: int) -> None:
+        self._idle: asyncio.Queue[SmtpTransport] = asyncio.Queue()
+        self._all = [SmtpTransport(target, timeout=timeout) for _ in range(max(1, size))]
+        for transport in self._all:
+            self._idle.put_nowait(transport)
+
+    async def send(self, mail_from: str, rcpt_to: str, message: bytes) -> Reply:
+        transport = await self._idle.get()
+        try:
+            return await transport.send(mail_from, rcpt_to, message)
+        finally:
+            self._idle.put_nowait(transport)
+
+    async def close(self) -> None:
+        """QUIT every connection; safe twice."""
+        await asyncio.gather(*(t.close() for t in self._all))
 
 
 def _describe(exc: BaseException) -> str:
