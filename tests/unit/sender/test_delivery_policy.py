@@ -20,11 +20,11 @@ ME = 7
 OTHER = 9
 
 
-def deliverer(ledger, transport, policy="hold", **kwargs) -> Deliverer:
+def deliverer(ledger, transport, policy="hold", clock=None, **kwargs) -> Deliverer:
     return Deliverer(
         ledger,
         transport,
-        ManualClock(datetime(2025, 4, 1, 9, 0, tzinfo=UTC)),
+        clock or ManualClock(datetime(2025, 4, 1, 9, 0, tzinfo=UTC)),
         owner=ME,
         policy=policy,
         **kwargs,
@@ -56,15 +56,16 @@ async def test_message_bytes_end_with_crlf():
 async def test_transient_reply_is_deferred_then_sent_by_the_retry_pass():
     ledger = FakeLedger()
     smtp = FakeTransport(reply_of(451, "4.7.1 try later"), connection_lost())
-    d = deliverer(ledger, smtp, retry=RetryPolicy(base=10, cap=100, max_age=3600))
+    clock = ManualClock(datetime(2025, 4, 1, 9, 0, tzinfo=UTC))
+    d = deliverer(ledger, smtp, retry=RetryPolicy(base=10, cap=100, max_age=3600), clock=clock)
     done = await d.handle(a_mail())
     assert (done.state, done.smtp_code, done.dsn) == ("deferred", 451, "4.7.1")
     assert done.next_attempt_at is not None
     assert await d.retry_due() == 0, "not due yet"
-    d._clock.advance(timedelta(seconds=10))
+    clock.advance(timedelta(seconds=10))
     assert await d.retry_due() == 1
     assert ledger.rows["msg-1"].state == "deferred", "a connection failure defers again"
-    d._clock.advance(timedelta(seconds=20))
+    clock.advance(timedelta(seconds=20))
     assert await d.retry_due() == 1
     assert (ledger.rows["msg-1"].state, ledger.rows["msg-1"].attempt) == ("sent", 3)
     assert len(smtp.sent) == 3

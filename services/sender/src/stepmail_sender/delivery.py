@@ -102,7 +102,7 @@ class RetryPolicy:
     max_age: float = 2 * 86400.0
 
     def delay(self, attempt: int) -> float:
-        full = min(self.cap, self.base * 2 ** max(0, min(attempt - 1, 30)))
+        full: float = min(self.cap, self.base * 2.0 ** max(0, min(attempt - 1, 30)))
         # "Equal jitter": never sooner than half the back-off, spread over the other half.
         return full / 2 + random.uniform(0, full / 2)
 
