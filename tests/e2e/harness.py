@@ -34,6 +34,7 @@ class Platform:
     kafka_bootstrap: str
     topic_prefix: str
     api_key: str = DEV_INGEST_API_KEY
+    admin_token: str = "dev-admin-token"
 
     def url(self, service: str) -> str:
         return self.services[service].base_url
@@ -62,7 +63,9 @@ class Platform:
 
     def enrollments(self, contact_id: str) -> list[dict[str, Any]]:
         response = httpx.get(
-            f"{self.url('orchestrator')}/v1/contacts/{contact_id}/enrollments", timeout=5
+            f"{self.url('orchestrator')}/v1/contacts/{contact_id}/enrollments",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=5,
         )
         response.raise_for_status()
         enrollments: list[dict[str, Any]] = response.json()["enrollments"]

@@ -1,9 +1,9 @@
-"""Timers on real Postgres: moved clock, redelivery, and two replicas firing once."""
+"""Scenarios on real Postgres with a moved clock: what goes out when, and what does not."""
 
 import asyncio
 import uuid
-from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -16,109 +16,464 @@ from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import repository
-from stepmail_orchestrator.handlers import ContactEventHandler
+from stepmail_orchestrator.engine import parse_window
+from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
+from stepmail_orchestrator.progress import ContactRules, Progress
+from stepmail_orchestrator.scanner import TriggerScanner
 from stepmail_orchestrator.scenarios import parse_scenario
 from stepmail_orchestrator.settings import OrchestratorSettings
 from stepmail_orchestrator.timers import TimerLoop
 
 pytestmark = pytest.mark.integration
 
-START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
-SERIES = parse_scenario(
-    {
-        "id": "series",
-        "trigger": {"event": "signup"},
-        "steps": [
-            {"id": "now", "send": {"template": "welcome"}},
-            {"id": "day2", "wait": "2d", "send": {"template": "tips"}},
-        ],
-    }
-)
+# Monday 2026-11-23 10:00 in Tokyo
+START = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)
+CONSENT = {"status": "granted", "kinds": ["marketing"], "source": "form", "at": START.isoformat()}
 
 
-def _signup(contact_id: str, email: str | None = "x@example.com") -> CloudEvent:
-    contact = {"id": contact_id, **({"email": email} if email else {})}
-    return CloudEvent(
-        type=event_types.EVENT_RECEIVED,
-        source="urn:test",
-        subject=contact_id,
-        data={
-            "name": "signup",
-            "contact": contact,
-            "properties": {"plan": "free"},
-            "occurred_at": START.isoformat(),
-        },
-    )
+class Env:
+    """One orchestrator's moving parts on a real database, driven by hand."""
+
+    def __init__(self, pool, settings, clock, rules=None):
+        self.pool, self.clock = pool, clock
+        self.progress = Progress(Topics(), rules or ContactRules())
+        self.contact_events = ContactEventHandler(
+            pool, settings, clock, self.progress, asyncio.Event()
+        )
+        self.feedback = FeedbackHandler(pool, clock, self.progress)
+        self.timer = TimerLoop(pool, self.progress, clock, asyncio.Event(), interval=0.1, batch=100)
+
+    async def scenario(self, doc: dict[str, Any]) -> None:
+        async with self.pool.acquire() as conn:
+            await repository.save_scenario(conn, parse_scenario(doc))
+
+    async def event(
+        self, contact_id: str, event_name: str, properties=None, email="a@example.com", **contact
+    ):
+        data = {
+            "name": event_name,
+            "contact": {"id": contact_id, **({"email": email} if email else {}), **contact},
+            "properties": properties or {},
+            "occurred_at": self.clock.now().isoformat(),
+        }
+        await self.contact_events(
+            CloudEvent(
+                type=event_types.EVENT_RECEIVED, source="urn:test", subject=contact_id, data=data
+            )
+        )
+
+    async def consent(self, contact_id: str, status="granted", kinds=("marketing",)):
+        data = {
+            "contact": {"id": contact_id},
+            "consent": {**CONSENT, "status": status, "kinds": list(kinds)},
+            "updated_at": self.clock.now().isoformat(),
+        }
+        await self.contact_events(
+            CloudEvent(
+                type=event_types.CONTACT_UPDATED, source="urn:test", subject=contact_id, data=data
+            )
+        )
+
+    async def run_until(self, moment: datetime, step=timedelta(minutes=30)) -> None:
+        """Move the clock to ``moment`` in small steps, firing timers on the way."""
+        while self.clock.now() < moment:
+            self.clock.set(min(moment, self.clock.now() + step))
+            while await self.timer.fire_due():
+                pass
+
+    async def mails(self) -> list[tuple[str, str, str, datetime]]:
+        """(contact, step, template, time) of every steps-due event written so far."""
+        rows = await self.pool.fetch("SELECT event FROM outbox ORDER BY id")
+        return [
+            (
+                r["event"]["subject"],
+                r["event"]["data"]["step"]["id"],
+                r["event"]["data"]["template"],
+                datetime.fromisoformat(r["event"]["time"].replace("Z", "+00:00")),
+            )
+            for r in rows
+        ]
+
+    async def enrollment(self, contact_id: str) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            rows = await repository.enrollments_of(conn, contact_id)
+        assert len(rows) == 1
+        return dict(rows[0])
 
 
 @pytest.fixture
-async def pool(database_url):
+async def env(database_url):
     pool = await create_pool(database_url, "orchestrator")
     await migrate(pool, "orchestrator", "stepmail_orchestrator")
-    async with pool.acquire() as conn:
-        await repository.save_scenario(conn, SERIES)
-    yield pool
+    yield Env(pool, OrchestratorSettings(database_url=database_url), ManualClock(START))
     await pool.close()
 
 
-def _settings(database_url: str) -> OrchestratorSettings:
-    return OrchestratorSettings(database_url=database_url)
+def _days(n: float) -> timedelta:
+    return timedelta(days=n)
 
 
-def _timer(pool, clock, batch=50) -> TimerLoop:
-    return TimerLoop(
-        pool, Topics(), clock, asyncio.Event(), asyncio.Event(), interval=0.1, batch=batch
+async def test_welcome_series_goes_out_at_its_offsets_and_a_redelivery_enrolls_once(env):
+    await env.scenario(
+        {
+            "id": "welcome",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "now", "send": {"template": "w1"}},
+                {"id": "day2", "wait": "2d", "send": {"template": "w2"}},
+                {"id": "day5", "wait": "3d", "send": {"template": "w3"}},
+            ],
+        }
     )
-
-
-async def _outbox(pool) -> list[dict]:
-    rows = await pool.fetch("SELECT event FROM outbox ORDER BY id")
-    return [r["event"] for r in rows]
-
-
-async def test_steps_fire_at_their_time_and_a_redelivered_event_enrolls_once(pool, database_url):
-    clock = ManualClock(START)
-    handler = ContactEventHandler(pool, _settings(database_url), clock, asyncio.Event())
-    event = _signup("c-1")
-    await handler(event)
-    await handler(event)  # redelivery
-    assert await pool.fetchval("SELECT count(*) FROM enrollments") == 1
-
-    timer = _timer(pool, clock)
-    assert await timer.fire_due() == 1
-    first = await _outbox(pool)
-    assert [e["data"]["step"]["id"] for e in first] == ["now"]
-    assert first[0]["data"]["event"]["properties"] == {"plan": "free"}
-    assert first[0]["data"]["contact"]["time_zone"] == "Asia/Tokyo"
-
-    clock.advance(timedelta(days=2) - timedelta(seconds=1))
-    assert await timer.fire_due() == 0
-    clock.advance(timedelta(seconds=1))
-    assert await timer.fire_due() == 1
-    assert [e["data"]["step"]["id"] for e in await _outbox(pool)] == ["now", "day2"]
-    status = await pool.fetchval("SELECT status FROM enrollments")
-    assert status == "completed"
-    clock.advance(timedelta(days=30))
-    assert await timer.fire_due() == 0
-
-
-async def test_a_contact_without_an_address_gets_no_mail(pool, database_url):
-    clock = ManualClock(START)
-    await ContactEventHandler(pool, _settings(database_url), clock, asyncio.Event())(
-        _signup("c-2", email=None)
+    await env.event("c-1", "signup")
+    event = CloudEvent(
+        type=event_types.EVENT_RECEIVED,
+        source="urn:test",
+        subject="c-2",
+        data={
+            "name": "signup",
+            "contact": {"id": "c-2", "email": "b@example.com"},
+            "properties": {},
+            "occurred_at": START.isoformat(),
+        },
     )
-    assert await _timer(pool, clock).fire_due() == 1
-    assert await _outbox(pool) == []
+    await env.contact_events(event)
+    await env.contact_events(event)  # redelivered
+    await env.run_until(START + _days(10))
+    mails = await env.mails()
+    assert [(c, s, t) for c, s, t, _ in mails if c == "c-1"] == [
+        ("c-1", "now", "w1"),
+        ("c-1", "day2", "w2"),
+        ("c-1", "day5", "w3"),
+    ]
+    assert [at for c, _, _, at in mails if c == "c-1"] == [
+        START,
+        START + _days(2),
+        START + _days(5),
+    ]
+    assert len([m for m in mails if m[0] == "c-2"]) == 3
+    assert (await env.enrollment("c-1"))["status"] == "completed"
 
 
-async def test_two_replicas_fire_every_due_step_exactly_once(pool, database_url):
-    clock = ManualClock(START)
-    handler = ContactEventHandler(pool, _settings(database_url), clock, asyncio.Event())
+async def test_cart_abandonment_stops_on_the_order_for_that_cart_only(env):
+    await env.scenario(
+        {
+            "id": "cart",
+            "trigger": {"event": "checkout.started"},
+            "exit": [{"event": "order.completed", "same": ["checkout_token"], "conversion": True}],
+            "steps": [
+                {"id": "reminder", "wait": "3h", "send": {"template": "cart-1"}},
+                {"id": "coupon", "wait": "18h", "send": {"template": "cart-2"}},
+            ],
+        }
+    )
+    for cid in ("c-buys", "c-other-cart", "c-never"):
+        await env.consent(cid)
+    for cid in ("c-buys", "c-other-cart", "c-never"):
+        await env.event(
+            cid, "checkout.started", {"checkout_token": f"tok-{cid}", "items": [{"sku": "A"}]}
+        )
+    await env.run_until(START + timedelta(hours=4))
+    await env.event("c-buys", "order.completed", {"checkout_token": "tok-c-buys"})
+    await env.event("c-other-cart", "order.completed", {"checkout_token": "some-other-cart"})
+    await env.run_until(START + _days(3))
+    sent = [(c, s) for c, s, _, _ in await env.mails()]
+    assert sent == [
+        ("c-buys", "reminder"),
+        ("c-other-cart", "reminder"),
+        ("c-never", "reminder"),
+        ("c-other-cart", "coupon"),
+        ("c-never", "coupon"),
+    ]
+    buys = await env.enrollment("c-buys")
+    assert (buys["status"], buys["converted"]) == ("exited", True)
+
+
+async def test_marketing_needs_consent_and_waits_for_the_send_window_and_the_cap(database_url):
+    pool = await create_pool(database_url, "orchestrator")
+    await migrate(pool, "orchestrator", "stepmail_orchestrator")
+    rules = ContactRules(send_window=parse_window("09:00-21:00"), frequency_cap=timedelta(hours=24))
+    # 23:00 in Tokyo
+    env = Env(
+        pool,
+        OrchestratorSettings(database_url=database_url),
+        ManualClock(START + timedelta(hours=13)),
+        rules,
+    )
+    try:
+        await env.scenario(
+            {
+                "id": "news",
+                "trigger": {"event": "signup"},
+                "steps": [
+                    {"id": "one", "send": {"template": "n1"}},
+                    {"id": "two", "send": {"template": "n2"}},
+                ],
+            }
+        )
+        await env.event("c-no-consent", "signup")
+        await env.consent("c-yes")
+        await env.event("c-yes", "signup")
+        await env.run_until(START + _days(3))
+        mails = await env.mails()
+        assert [(c, s, at) for c, s, _, at in mails] == [
+            # held until 09:00 the next morning, then the cap holds the second for 24 h
+            ("c-yes", "one", START + timedelta(hours=23)),
+            ("c-yes", "two", START + timedelta(hours=47)),
+        ]
+    finally:
+        await pool.close()
+
+
+async def test_webinar_reminder_is_a_day_before_the_date_in_the_event(env):
+    await env.scenario(
+        {
+            "id": "webinar",
+            "mail_kind": "transactional",
+            "trigger": {"event": "webinar.registered"},
+            "steps": [
+                {"id": "thanks", "send": {"template": "reg"}},
+                {
+                    "id": "reminder",
+                    "wait": {"until": {"date": "trigger.properties.starts_at", "offset": "-1d"}},
+                    "send": {"template": "remind"},
+                },
+                {
+                    "id": "after",
+                    "wait": {"until": {"date": "trigger.properties.starts_at", "offset": "+2h"}},
+                    "send": {"template": "thanks-for-joining"},
+                },
+            ],
+        }
+    )
+    starts = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    await env.event("c-1", "webinar.registered", {"starts_at": starts.isoformat()})
+    await env.run_until(starts + _days(1))
+    assert [(s, at) for _, s, _, at in await env.mails()] == [
+        ("thanks", START),
+        ("reminder", starts - _days(1)),
+        ("after", starts + timedelta(hours=2)),
+    ]
+
+
+async def test_threshold_trigger_three_pricing_views_within_seven_days(env):
+    await env.scenario(
+        {
+            "id": "hot-lead",
+            "mail_kind": "transactional",
+            "trigger": {
+                "event": "page.viewed",
+                "where": {"properties.page": "pricing"},
+                "count": {"at_least": 3, "within": "7d"},
+            },
+            "steps": [{"id": "hello", "send": {"template": "sales"}}],
+        }
+    )
+    for day in (0, 1):
+        env.clock.set(START + _days(day))
+        await env.event("c-slow", "page.viewed", {"page": "pricing"})
+    env.clock.set(START + _days(9))
+    await env.event("c-slow", "page.viewed", {"page": "pricing"})  # the first two are too old
+    for i in range(3):
+        env.clock.set(START + _days(10) + timedelta(hours=i))
+        await env.event("c-hot", "page.viewed", {"page": "pricing" if i != 1 else "blog"})
+    await env.event("c-hot", "page.viewed", {"page": "pricing"})
+    assert [c for c, *_ in await env.mails()] == ["c-hot"]
+
+
+async def test_branch_on_an_earlier_mail_being_opened(env):
+    await env.scenario(
+        {
+            "id": "reengage",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "first", "send": {"template": "r1"}},
+                {
+                    "id": "check",
+                    "wait": "3d",
+                    "branch": {"cases": [{"if": {"steps.first.opened": True}, "goto": "done"}]},
+                },
+                {"id": "again", "send": {"template": "r1-new-subject"}},
+                {"id": "done", "end": True},
+            ],
+        }
+    )
+    await env.event("c-opens", "signup")
+    await env.event("c-ignores", "signup")
+    mails = await env.mails()
+    opened = next(
+        CloudEvent(
+            type=event_types.ENGAGEMENT_OPENED,
+            source="urn:test",
+            subject="c-opens",
+            data={
+                "message_id": m["event"]["data"]["message_id"],
+                "contact_id": "c-opens",
+                "scenario": {"id": "reengage", "version": 1},
+                "step": {"id": "first", "index": 0},
+                "machine": False,
+                "at": START.isoformat(),
+            },
+        )
+        for m in await env.pool.fetch("SELECT event FROM outbox")
+        if m["event"]["subject"] == "c-opens"
+    )
+    await env.feedback(opened)
+    await env.run_until(START + _days(5))
+    assert [(c, s) for c, s, _, _ in await env.mails()] == [
+        ("c-opens", "first"),
+        ("c-ignores", "first"),
+        ("c-ignores", "again"),
+    ]
+    assert len(mails) == 2
+
+
+async def test_unsubscribe_ends_marketing_enrollments(env):
+    await env.scenario(
+        {
+            "id": "series",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "one", "send": {"template": "s1"}},
+                {"id": "two", "wait": "1d", "send": {"template": "s2"}},
+            ],
+        }
+    )
+    await env.consent("c-1")
+    await env.event("c-1", "signup")
+    message_id = await env.pool.fetchval("SELECT message_id FROM messages")
+    await env.feedback(
+        CloudEvent(
+            type=event_types.ENGAGEMENT_UNSUBSCRIBED,
+            source="urn:test",
+            subject="c-1",
+            data={
+                "message_id": message_id,
+                "contact_id": "c-1",
+                "mail_kind": "marketing",
+                "method": "one-click",
+                "at": START.isoformat(),
+            },
+        )
+    )
+    await env.run_until(START + _days(3))
+    assert [s for _, s, _, _ in await env.mails()] == ["one"]
+    assert (await env.enrollment("c-1"))["exit_reason"] == "opted_out"
+
+
+async def test_holdout_gets_nothing_and_variants_split(env):
+    await env.scenario(
+        {
+            "id": "ab",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "holdout_percent": 20,
+            "steps": [
+                {
+                    "id": "one",
+                    "send": {
+                        "variants": [
+                            {"name": "a", "template": "t-a", "weight": 1},
+                            {"name": "b", "template": "t-b", "weight": 1},
+                        ]
+                    },
+                }
+            ],
+        }
+    )
+    for i in range(200):
+        await env.event(f"c-{i}", "signup")
+    statuses = dict(
+        await env.pool.fetch("SELECT status, count(*) FROM enrollments GROUP BY status")
+    )
+    templates = [t for _, _, t, _ in await env.mails()]
+    assert 20 <= statuses["held_out"] <= 60
+    assert len(templates) == statuses["completed"] == 200 - statuses["held_out"]
+    assert 0.35 < templates.count("t-a") / len(templates) < 0.65
+
+
+async def test_inactivity_and_birthday_triggers(env):
+    await env.scenario(
+        {
+            "id": "dormant",
+            "mail_kind": "transactional",
+            "trigger": {"inactive_for": "90d"},
+            "steps": [{"id": "miss-you", "send": {"template": "d1"}}],
+        }
+    )
+    await env.scenario(
+        {
+            "id": "birthday",
+            "mail_kind": "transactional",
+            "trigger": {"yearly": {"date": "contact.attributes.birthday", "at": "10:00"}},
+            "steps": [{"id": "hbd", "send": {"template": "bd"}}],
+        }
+    )
+    await env.event("c-quiet", "signup")
+    await env.event("c-bday", "signup", attributes={"birthday": "1990-11-25"})
+    scanner = TriggerScanner(env.pool, env.progress, env.clock, asyncio.Event(), interval=60)
+    env.clock.set(START + _days(1))
+    assert await scanner.scan() == 0
+    env.clock.set(START + _days(2) - timedelta(hours=9))  # 2026-11-25 01:00 Tokyo
+    assert await scanner.scan() == 1
+    await env.run_until(START + _days(2) + timedelta(hours=1))
+    env.clock.set(START + _days(91))
+    await scanner.scan()
+    await scanner.scan()  # a second pass enrolls nobody twice
+    await env.run_until(START + _days(91) + timedelta(hours=1))
+    assert [(c, s, at) for c, s, _, at in await env.mails()] == [
+        ("c-bday", "hbd", datetime(2026, 11, 25, 1, 0, tzinfo=UTC)),
+        ("c-quiet", "miss-you", START + _days(91)),
+        ("c-bday", "miss-you", START + _days(91)),
+    ]
+
+
+async def test_erasure_forgets_the_contact(env):
+    await env.scenario(
+        {
+            "id": "w",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "one", "wait": "1d", "send": {"template": "w"}}],
+        }
+    )
+    await env.event("c-gone", "signup", name="山田 花子")
+    await env.contact_events(
+        CloudEvent(
+            type=event_types.CONTACT_ERASED,
+            source="urn:test",
+            subject="c-gone",
+            data={"contact_id": "c-gone", "requested_at": START.isoformat()},
+        )
+    )
+    for table in ("contacts", "enrollments", "activity"):
+        assert await env.pool.fetchval(f"SELECT count(*) FROM {table}") == 0
+    await env.run_until(START + _days(2))
+    assert await env.mails() == []
+
+
+async def test_two_replicas_fire_every_due_step_exactly_once(env, database_url):
+    await env.scenario(
+        {
+            "id": "series",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "a", "wait": "1h", "send": {"template": "a"}},
+                {"id": "b", "wait": "2d", "send": {"template": "b"}},
+            ],
+        }
+    )
     for i in range(300):
-        await handler(_signup(f"c-{i}"))
+        await env.event(f"c-{i}", "signup")
     other_pool = await create_pool(database_url, "orchestrator")
     try:
-        replicas = [_timer(pool, clock, batch=25), _timer(other_pool, clock, batch=25)]
+        other = TimerLoop(
+            other_pool, env.progress, env.clock, asyncio.Event(), interval=0.1, batch=25
+        )
+        mine = TimerLoop(env.pool, env.progress, env.clock, asyncio.Event(), interval=0.1, batch=25)
 
         async def drain(timer: TimerLoop) -> int:
             fired = 0
@@ -126,35 +481,41 @@ async def test_two_replicas_fire_every_due_step_exactly_once(pool, database_url)
                 fired += n
             return fired
 
-        counts = await asyncio.gather(*(drain(t) for t in replicas))
-        clock.advance(timedelta(days=2))
-        counts2 = await asyncio.gather(*(drain(t) for t in replicas))
+        env.clock.advance(timedelta(hours=1))
+        counts = await asyncio.gather(drain(mine), drain(other))
+        env.clock.advance(_days(2))
+        counts2 = await asyncio.gather(drain(mine), drain(other))
     finally:
         await other_pool.close()
     assert sum(counts) == sum(counts2) == 300
     assert all(counts), "both replicas took part"
-    ids = Counter(e["data"]["message_id"] for e in await _outbox(pool))
-    assert len(ids) == 600
-    assert set(ids.values()) == {1}
+    ids = [
+        r["event"]["data"]["message_id"] for r in await env.pool.fetch("SELECT event FROM outbox")
+    ]
+    assert len(ids) == len(set(ids)) == 600
 
 
-async def test_relay_publishes_outbox_rows_once_with_contact_keys(
-    pool, database_url, kafka_bootstrap
-):
+async def test_relay_publishes_outbox_rows_once_with_contact_keys(env, kafka_bootstrap):
     topics = Topics(f"it{uuid.uuid4().hex[:8]}.")
     await ensure_topics(kafka_bootstrap, [topics.steps_due], 2)
-    clock = ManualClock(START)
-    handler = ContactEventHandler(pool, _settings(database_url), clock, asyncio.Event())
-    for i in range(20):
-        await handler(_signup(f"c-{i}"))
-    timer = TimerLoop(
-        pool, topics, clock, asyncio.Event(), asyncio.Event(), interval=0.1, batch=100
+    env.progress = Progress(topics, ContactRules())
+    env.contact_events = ContactEventHandler(
+        env.pool, OrchestratorSettings(), env.clock, env.progress, asyncio.Event()
     )
-    await timer.fire_due()
+    await env.scenario(
+        {
+            "id": "w",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "one", "send": {"template": "w"}}],
+        }
+    )
+    for i in range(20):
+        await env.event(f"c-{i}", "signup")
     async with EventProducer(kafka_bootstrap, "test", enable_idempotence=False) as producer:
-        relay = OutboxRelay(pool, producer, interval=0.1)
-        assert await relay.run_once() is False  # all 20 fit in one batch
-        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+        relay = OutboxRelay(env.pool, producer, interval=0.1)
+        assert await relay.run_once() is False
+        assert await env.pool.fetchval("SELECT count(*) FROM outbox") == 0
     consumer = AIOKafkaConsumer(
         topics.steps_due, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
     )

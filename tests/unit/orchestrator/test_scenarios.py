@@ -11,7 +11,7 @@ WELCOME: dict[str, Any] = {
     "trigger": {"event": "signup"},
     "steps": [
         {"id": "hello", "send": {"template": "welcome"}},
-        {"wait": "2d", "send": {"template": "tips"}},
+        {"id": "tips", "wait": "2d", "send": {"template": "tips"}},
     ],
 }
 
@@ -30,7 +30,7 @@ def test_durations(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "2", "2 days", "-1d", "1y"])
+@pytest.mark.parametrize("text", ["", "2", "2 days", "1y", "d"])
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
@@ -39,8 +39,10 @@ def test_bad_durations(text):
 def test_parse_scenario_defaults_and_ids():
     scenario = parse_scenario(WELCOME, "welcome.yaml")
     assert scenario.mail_kind == "marketing"
-    assert [s.id for s in scenario.steps] == ["hello", "step-2"]
-    assert scenario.steps[1].wait == timedelta(days=2)
+    assert [s.id for s in scenario.steps] == ["hello", "tips"]
+    assert scenario.steps[1].wait.duration == timedelta(days=2)
+    assert scenario.entry_rule == "once"
+    assert scenario.templates == {"welcome", "tips"}
 
 
 def test_digest_changes_with_content_only():
@@ -55,11 +57,32 @@ def test_digest_changes_with_content_only():
     ("change", "field"),
     [
         ({"id": "Bad Id"}, "id"),
-        ({"trigger": {}}, "trigger.event"),
+        ({"trigger": {}}, "trigger"),
         ({"steps": []}, "steps"),
-        ({"steps": [{"send": {}}]}, "steps[0].send.template"),
-        ({"steps": [{"wait": "soon", "send": {"template": "t"}}]}, "steps[0].wait"),
+        ({"steps": [{"id": "a", "send": {}}]}, "steps[0].send"),
+        ({"steps": [{"id": "a", "wait": "soon", "send": {"template": "t"}}]}, "steps[0].wait"),
         ({"mail_kind": "spam"}, "mail_kind"),
+        ({"steps": [{"id": "a", "send": {"template": "t"}, "end": True}]}, "steps[0]"),
+        (
+            {"steps": [{"id": "a", "branch": {"cases": [{"if": {}, "goto": "zz"}]}}]},
+            "steps[0].branch",
+        ),
+        (
+            {
+                "steps": [
+                    {"id": "a", "branch": {"cases": [{"if": {"x": {"almost": 1}}, "goto": "a"}]}}
+                ]
+            },
+            "steps[0].branch.cases[0].if.x.almost",
+        ),
+        ({"trigger": {"event": "x", "where": {"a": {"in": 3}}}}, "trigger.where.a.in"),
+        ({"trigger": {"yearly": {"date": "trigger.properties.day"}}}, "trigger.yearly.date"),
+        ({"entry": {"rule": "again_after"}}, "entry.cooloff"),
+        ({"surprise": 1}, "(top)"),
+        (
+            {"steps": [{"id": "a", "send": {"template": "t"}}, {"id": "a", "end": True}]},
+            "steps[1].id",
+        ),
     ],
 )
 def test_errors_name_file_and_field(change, field):

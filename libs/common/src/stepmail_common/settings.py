@@ -33,10 +33,14 @@ class CommonSettings(BaseSettings):
 
     otel_exporter_otlp_endpoint: str | None = None
 
+    # Bearer token of the marketers' APIs (scenarios, templates); dev value refused in production.
+    stepmail_admin_token: str = "dev-admin-token"  # noqa: S105 - refused in production
+
     @model_validator(mode="after")
     def _positive_partitions(self) -> "CommonSettings":
         if self.kafka_topic_partitions < 1:
             raise ValueError("KAFKA_TOPIC_PARTITIONS must be at least 1")
+        self.refuse_placeholder("stepmail_admin_token", self.stepmail_admin_token)
         return self
 
     def consumer_group(self, service: str) -> str:

@@ -79,3 +79,15 @@ class Signer:
         if not isinstance(payload, dict):
             raise InvalidTokenError("payload is not an object")
         return payload
+
+
+def standard_webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (``whsec_`` + base64)."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def standard_webhook_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value (``v1,<base64>``) of a Standard Webhooks message."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")

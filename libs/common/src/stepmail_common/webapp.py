@@ -2,6 +2,8 @@
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import signal
@@ -16,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Match
 
 from stepmail_common import telemetry
-from stepmail_common.problems import install_problem_handlers
+from stepmail_common.problems import Problem, install_problem_handlers
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +147,22 @@ def dependency_checks(app: FastAPI, *, database: bool = True) -> dict[str, Readi
     if database:
         checks["database"] = database_ready
     return checks
+
+
+def admin_guard(token: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that admits ``Authorization: Bearer <token>`` (compared in constant time)."""
+    expected = hashlib.sha256(token.encode()).digest()
+
+    async def guard(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        actual = hashlib.sha256(given.strip().encode()).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(actual, expected):
+            raise Problem(
+                401,
+                "Unauthorized",
+                "Send the admin token as 'Authorization: Bearer <token>'.",
+                type_="urn:stepmail:problem:unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="stepmail"'},
+            )
+
+    return guard

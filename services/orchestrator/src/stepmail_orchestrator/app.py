@@ -1,24 +1,30 @@
-"""The orchestrator: contacts, scenarios, enrollments and their timers."""
+"""The orchestrator: contacts, scenarios, enrollments, their timers and their stats."""
 
 import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Request, Response
 
 from stepmail_common.clock import Clock, SystemClock
 from stepmail_common.kafka import EventConsumer
 from stepmail_common.outbox import OutboxRelay
+from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import dependency_checks, install_common, start_background
+from stepmail_common.webapp import admin_guard, dependency_checks, install_common, start_background
 from stepmail_orchestrator import repository
-from stepmail_orchestrator.handlers import ContactEventHandler
-from stepmail_orchestrator.scenarios import load_dir
+from stepmail_orchestrator.engine import parse_window
+from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
+from stepmail_orchestrator.notifier import Notifier
+from stepmail_orchestrator.progress import ContactRules, Progress
+from stepmail_orchestrator.scanner import TriggerScanner
+from stepmail_orchestrator.scenarios import ScenarioError, load_dir, parse_duration, parse_scenario
 from stepmail_orchestrator.settings import OrchestratorSettings
+from stepmail_orchestrator.stats import scenario_stats
 from stepmail_orchestrator.timers import TimerLoop
 
 log = logging.getLogger(__name__)
@@ -28,9 +34,33 @@ async def run_migrations(settings: OrchestratorSettings) -> None:
     await migrate_only(settings, settings.db_schema, "stepmail_orchestrator")
 
 
+def contact_rules(settings: OrchestratorSettings) -> ContactRules:
+    return ContactRules(
+        send_window=parse_window(settings.orchestrator_send_window)
+        if settings.orchestrator_send_window
+        else None,
+        frequency_cap=parse_duration(settings.orchestrator_frequency_cap)
+        if settings.orchestrator_frequency_cap
+        else None,
+    )
+
+
+def _invalid(exc: ScenarioError) -> Problem:
+    _, _, rest = str(exc).partition(": ")
+    field, _, what = rest.partition(": ")
+    return Problem(
+        422,
+        "Scenario is invalid",
+        str(exc),
+        type_="urn:stepmail:problem:validation",
+        errors=[{"field": field or "(top)", "detail": what or rest}],
+    )
+
+
 def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     topics = Topics(settings.kafka_topic_prefix)
+    progress = Progress(topics, contact_rules(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,43 +69,64 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             if settings.orchestrator_scenarios_dir:
                 async with pool.acquire() as conn:
                     for scenario in load_dir(Path(settings.orchestrator_scenarios_dir)):
-                        version = await repository.save_scenario(conn, scenario)
-                        if version is not None:
-                            log.info(
-                                "scenario loaded",
-                                extra={"scenario": scenario.id, "version": version},
-                            )
+                        version, created = await repository.save_scenario(conn, scenario)
+                        log.info(
+                            "scenario loaded",
+                            extra={"scenario": scenario.id, "version": version, "new": created},
+                        )
             producer = await open_producer(
-                stack, settings, "orchestrator", [topics.contact_events, topics.steps_due]
+                stack,
+                settings,
+                "orchestrator",
+                [
+                    topics.contact_events,
+                    topics.steps_due,
+                    topics.delivery_events,
+                    topics.engagement_events,
+                ],
             )
-            timers_due, outbox_ready = asyncio.Event(), asyncio.Event()
+            outbox_ready = asyncio.Event()
             interval = settings.orchestrator_timer_interval_seconds
             await start_background(
                 stack,
                 OutboxRelay(pool, producer, interval=interval, wake=outbox_ready),
                 "outbox-relay",
             )
-            await start_background(
-                stack,
-                TimerLoop(
-                    pool,
-                    topics,
-                    clock,
-                    timers_due,
-                    outbox_ready,
-                    interval=interval,
-                    batch=settings.orchestrator_timer_batch,
-                ),
-                "timers",
+            timers = TimerLoop(
+                pool,
+                progress,
+                clock,
+                outbox_ready,
+                interval=interval,
+                batch=settings.orchestrator_timer_batch,
             )
-            consumer = EventConsumer(
+            await start_background(stack, timers, "timers")
+            scanner = TriggerScanner(
+                pool,
+                progress,
+                clock,
+                outbox_ready,
+                interval=settings.orchestrator_scan_interval_seconds,
+            )
+            await start_background(stack, scanner, "trigger-scanner")
+            notifier = Notifier(pool, clock, settings.orchestrator_webhook_secret, interval=5.0)
+            await start_background(stack, notifier, "notifier")
+            contact_events = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.contact_events],
                 group_id=settings.consumer_group("orchestrator"),
-                handler=ContactEventHandler(pool, settings, clock, timers_due),
+                handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
             )
-            await start_background(stack, consumer, "contact-events-consumer")
+            await start_background(stack, contact_events, "contact-events-consumer")
+            feedback = EventConsumer(
+                bootstrap=settings.kafka_bootstrap_servers,
+                topics=[topics.delivery_events, topics.engagement_events],
+                group_id=settings.consumer_group("orchestrator-feedback"),
+                handler=FeedbackHandler(pool, clock, progress),
+                producer=producer,
+            )
+            await start_background(stack, feedback, "feedback-consumer")
             app.state.pool = pool
             app.state.producer = producer
             yield
@@ -83,13 +134,13 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
     app = FastAPI(
         title="stepmail orchestrator",
         version="1.0.0",
-        summary="Scenarios, enrollments and their timers.",
+        summary="Scenarios, enrollments, their timers and their stats.",
         lifespan=lifespan,
     )
-
     install_common(app, dependency_checks(app))
+    admin = [Depends(admin_guard(settings.stepmail_admin_token))]
 
-    @app.get("/v1/scenarios", summary="The latest version of every scenario")
+    @app.get("/v1/scenarios", summary="The latest version of every scenario", dependencies=admin)
     async def list_scenarios(request: Request) -> dict[str, Any]:
         async with request.app.state.pool.acquire() as conn:
             rows = await repository.list_scenarios(conn)
@@ -105,7 +156,86 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             ]
         }
 
-    @app.get("/v1/contacts/{contact_id}/enrollments", summary="A contact's enrollments")
+    @app.post(
+        "/v1/scenarios:validate",
+        summary="Check a scenario without saving it",
+        dependencies=admin,
+        responses={422: {"description": "Invalid; the problem names the field"}},
+    )
+    async def validate_scenario(doc: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        try:
+            scenario = parse_scenario(doc, str(doc.get("id", "scenario")))
+        except ScenarioError as exc:
+            raise _invalid(exc) from None
+        return {"valid": True, "id": scenario.id, "templates": sorted(scenario.templates)}
+
+    @app.put(
+        "/v1/scenarios/{scenario_id}",
+        summary="Create or update a scenario (a change is a new version)",
+        dependencies=admin,
+        status_code=200,
+        responses={
+            201: {"description": "A new version was created"},
+            422: {"description": "Invalid"},
+        },
+    )
+    async def put_scenario(
+        scenario_id: str,
+        doc: Annotated[dict[str, Any], Body()],
+        request: Request,
+        response: Response,
+    ) -> dict[str, Any]:
+        if doc.get("id", scenario_id) != scenario_id:
+            raise Problem(
+                422,
+                "Scenario is invalid",
+                "The body's id differs from the URL's.",
+                errors=[{"field": "id", "detail": f"must be {scenario_id!r}"}],
+            )
+        try:
+            scenario = parse_scenario({**doc, "id": scenario_id}, scenario_id)
+        except ScenarioError as exc:
+            raise _invalid(exc) from None
+        async with request.app.state.pool.acquire() as conn:
+            version, created = await repository.save_scenario(conn, scenario)
+        if created:
+            response.status_code = 201
+        return {"id": scenario_id, "version": version, "created": created}
+
+    async def _set_status(request: Request, scenario_id: str, status: str) -> dict[str, Any]:
+        async with request.app.state.pool.acquire() as conn:
+            if not await repository.set_scenario_status(conn, scenario_id, status):
+                raise Problem(404, "Scenario not found", type_="urn:stepmail:problem:not-found")
+        return {"id": scenario_id, "status": status}
+
+    @app.post(
+        "/v1/scenarios/{scenario_id}/pause", dependencies=admin, summary="Pause: due steps wait"
+    )
+    async def pause(scenario_id: str, request: Request) -> dict[str, Any]:
+        return await _set_status(request, scenario_id, "paused")
+
+    @app.post("/v1/scenarios/{scenario_id}/resume", dependencies=admin, summary="Resume")
+    async def resume(scenario_id: str, request: Request) -> dict[str, Any]:
+        return await _set_status(request, scenario_id, "active")
+
+    @app.post(
+        "/v1/scenarios/{scenario_id}/archive",
+        dependencies=admin,
+        summary="Archive: no new enrollments; running ones finish",
+    )
+    async def archive(scenario_id: str, request: Request) -> dict[str, Any]:
+        return await _set_status(request, scenario_id, "archived")
+
+    @app.get("/v1/scenarios/{scenario_id}/stats", dependencies=admin, summary="Per-step stats")
+    async def stats(scenario_id: str, request: Request) -> dict[str, Any]:
+        async with request.app.state.pool.acquire() as conn:
+            return await scenario_stats(conn, scenario_id)
+
+    @app.get(
+        "/v1/contacts/{contact_id}/enrollments",
+        dependencies=admin,
+        summary="A contact's enrollments",
+    )
     async def contact_enrollments(contact_id: str, request: Request) -> dict[str, Any]:
         async with request.app.state.pool.acquire() as conn:
             rows = await repository.enrollments_of(conn, contact_id)
@@ -116,6 +246,8 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                     "scenario": {"id": r["scenario_id"], "version": r["scenario_version"]},
                     "step_index": r["step_index"],
                     "status": r["status"],
+                    "exit_reason": r["exit_reason"],
+                    "converted": r["converted"],
                     "next_due_at": r["next_due_at"].isoformat() if r["next_due_at"] else None,
                 }
                 for r in rows

@@ -16,28 +16,77 @@ if TYPE_CHECKING:
         asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     )
 
+_CONTACT_COLUMNS = (
+    "id, email, name, locale, time_zone, attributes, tags, consent, last_marketing_at"
+)
+
+
+def contact_dict(row: asyncpg.Record) -> dict[str, Any]:
+    return {k: row[k] for k in _CONTACT_COLUMNS.split(", ")}
+
 
 @dataclass(frozen=True, slots=True)
-class DueEnrollment:
+class Enrollment:
     id: uuid.UUID
     scenario_id: str
     scenario_version: int
-    step_index: int
-    due_at: datetime
+    contact_id: str
     trigger_event: dict[str, Any]
-    contact: dict[str, Any]
+    step_index: int
+    status: str
+    next_due_at: datetime | None
+    created_at: datetime
+    scenario_digest: str
 
 
-async def save_scenario(conn: Connection, scenario: Scenario) -> int | None:
-    """Store ``scenario`` as a new version if it changed; returns that version or None."""
+def _enrollment(row: asyncpg.Record) -> Enrollment:
+    return Enrollment(
+        row["id"],
+        row["scenario_id"],
+        row["scenario_version"],
+        row["contact_id"],
+        row["trigger_event"],
+        row["step_index"],
+        row["status"],
+        row["next_due_at"],
+        row["created_at"],
+        row["digest"],
+    )
+
+
+# An enrollment with the digest of its scenario version (``e`` joined with ``s``).
+_ENROLLMENT_COLUMNS = (
+    "e.id, e.scenario_id, e.scenario_version, e.contact_id, e.trigger_event, e.step_index,"
+    " e.status, e.next_due_at, e.created_at, s.digest"
+)
+_ENROLLMENT_FROM = (
+    "enrollments e JOIN scenarios s ON s.id = e.scenario_id AND s.version = e.scenario_version"
+)
+
+# Parsed scenario versions, by content digest: a version's content never changes.
+_PARSED: dict[tuple[str, int, str], Scenario] = {}
+
+
+def _parsed(scenario_id: str, version: int, digest: str, definition: dict[str, Any]) -> Scenario:
+    key = (scenario_id, version, digest)
+    if key not in _PARSED:
+        _PARSED[key] = parse_scenario(definition, f"{scenario_id} v{version}")
+    return _PARSED[key]
+
+
+async def save_scenario(conn: Connection, scenario: Scenario) -> tuple[int, bool]:
+    """Store ``scenario``; a changed one becomes a new version. Returns (version, created)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('scenario:' || $1))", scenario.id)
         latest = await conn.fetchrow(
             "SELECT version, digest FROM scenarios WHERE id = $1 ORDER BY version DESC LIMIT 1",
             scenario.id,
         )
+        await conn.execute(
+            "INSERT INTO scenario_status (id) VALUES ($1) ON CONFLICT DO NOTHING", scenario.id
+        )
         if latest is not None and latest["digest"] == scenario.digest():
-            return None
+            return int(latest["version"]), False
         version = 1 if latest is None else latest["version"] + 1
         await conn.execute(
             "INSERT INTO scenarios (id, version, definition, digest) VALUES ($1, $2, $3, $4)",
@@ -46,32 +95,53 @@ async def save_scenario(conn: Connection, scenario: Scenario) -> int | None:
             scenario.to_definition(),
             scenario.digest(),
         )
-        return int(version)
+        return int(version), True
 
 
-async def scenario_version(conn: Connection, scenario_id: str, version: int) -> Scenario:
+async def scenario_of(conn: Connection, enrollment: Enrollment) -> Scenario:
+    """The scenario version an enrollment runs."""
+    key = (enrollment.scenario_id, enrollment.scenario_version, enrollment.scenario_digest)
+    if key in _PARSED:
+        return _PARSED[key]
     definition = await conn.fetchval(
-        "SELECT definition FROM scenarios WHERE id = $1 AND version = $2", scenario_id, version
+        "SELECT definition FROM scenarios WHERE id = $1 AND version = $2", key[0], key[1]
     )
-    return parse_scenario(definition, f"{scenario_id} v{version}")
+    return _parsed(*key, definition)
 
 
 async def list_scenarios(conn: Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT DISTINCT ON (id) id, version, status, definition, created_at"
-        " FROM scenarios ORDER BY id, version DESC"
+        "SELECT DISTINCT ON (s.id) s.id, s.version, st.status, s.definition, s.created_at"
+        " FROM scenarios s JOIN scenario_status st USING (id) ORDER BY s.id, s.version DESC"
     )
 
 
-async def active_triggered_by(conn: Connection, event_name: str) -> list[tuple[Scenario, int]]:
-    """The latest version of each active scenario whose trigger is ``event_name``."""
+async def latest_active(conn: Connection) -> list[tuple[Scenario, int]]:
+    """The latest version of every active scenario."""
     rows = await conn.fetch(
-        "SELECT * FROM (SELECT DISTINCT ON (id) id, version, status, definition FROM scenarios"
-        "  ORDER BY id, version DESC) latest"
-        " WHERE status = 'active' AND definition -> 'trigger' ->> 'event' = $1",
-        event_name,
+        "SELECT DISTINCT ON (s.id) s.id, s.version, s.digest, s.definition FROM scenarios s"
+        " JOIN scenario_status st ON st.id = s.id AND st.status = 'active'"
+        " ORDER BY s.id, s.version DESC"
     )
-    return [(parse_scenario(r["definition"], r["id"]), r["version"]) for r in rows]
+    return [
+        (_parsed(r["id"], r["version"], r["digest"], r["definition"]), r["version"]) for r in rows
+    ]
+
+
+async def scenario_status(conn: Connection, scenario_id: str) -> str | None:
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM scenario_status WHERE id = $1", scenario_id
+    )
+    return status
+
+
+async def set_scenario_status(conn: Connection, scenario_id: str, status: str) -> bool:
+    result = await conn.execute(
+        "UPDATE scenario_status SET status = $2, updated_at = now() WHERE id = $1",
+        scenario_id,
+        status,
+    )
+    return result.endswith(" 1")
 
 
 async def mark_processed(conn: Connection, consumer: str, event_id: str) -> bool:
@@ -86,20 +156,21 @@ async def mark_processed(conn: Connection, consumer: str, event_id: str) -> bool
 
 async def upsert_contact(
     conn: Connection, contact: dict[str, Any], locale: str, time_zone: str
-) -> None:
-    """Create the contact or merge what the event says into its profile."""
-    await conn.execute(
-        """
+) -> dict[str, Any]:
+    """Create the contact or merge what the event says into its profile; returns it."""
+    row = await conn.fetchrow(
+        f"""
         INSERT INTO contacts (id, email, name, locale, time_zone, attributes)
-        VALUES ($1, $2, $3, COALESCE($4, $7), COALESCE($5, $8), COALESCE($6, '{}'::jsonb))
+        VALUES ($1, $2, $3, COALESCE($4, $7), COALESCE($5, $8), COALESCE($6, '{{}}'::jsonb))
         ON CONFLICT (id) DO UPDATE SET
             email = COALESCE(EXCLUDED.email, contacts.email),
             name = COALESCE($3, contacts.name),
             locale = COALESCE($4, contacts.locale),
             time_zone = COALESCE($5, contacts.time_zone),
-            attributes = contacts.attributes || COALESCE($6, '{}'::jsonb),
+            attributes = contacts.attributes || COALESCE($6, '{{}}'::jsonb),
             updated_at = now()
-        """,
+        RETURNING {_CONTACT_COLUMNS}
+        """,  # noqa: S608 - column list is a constant
         contact["id"],
         contact.get("email"),
         contact.get("name"),
@@ -109,85 +180,369 @@ async def upsert_contact(
         locale,
         time_zone,
     )
+    assert row is not None
+    return contact_dict(row)
 
 
-async def enroll(
+async def set_consent(
+    conn: Connection, contact_id: str, kind: str, consent: dict[str, Any]
+) -> None:
+    await conn.execute(
+        "UPDATE contacts SET consent = consent || jsonb_build_object($2::text, $3::jsonb),"
+        " updated_at = now() WHERE id = $1",
+        contact_id,
+        kind,
+        consent,
+    )
+
+
+async def get_contact(conn: Connection, contact_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE id = $1",  # noqa: S608
+        contact_id,
+    )
+    return None if row is None else contact_dict(row)
+
+
+async def update_profile(
+    conn: Connection,
+    contact_id: str,
+    add_tags: tuple[str, ...],
+    remove_tags: tuple[str, ...],
+    attributes: dict[str, Any],
+) -> None:
+    await conn.execute(
+        """
+        UPDATE contacts SET
+            tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || $2::text[]) t
+                         WHERE t <> ALL($3::text[]) ORDER BY t),
+            attributes = attributes || $4::jsonb,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        contact_id,
+        list(add_tags),
+        list(remove_tags),
+        attributes,
+    )
+
+
+async def touch_marketing(conn: Connection, contact_id: str, at: datetime) -> None:
+    await conn.execute("UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", contact_id, at)
+
+
+async def record_activity(
+    conn: Connection, contact_id: str, name: str, properties: dict[str, Any], at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO activity (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4)",
+        contact_id,
+        name,
+        properties,
+        at,
+    )
+    await conn.execute(
+        "UPDATE contacts SET last_activity_at = GREATEST(last_activity_at, $2) WHERE id = $1",
+        contact_id,
+        at,
+    )
+
+
+async def recent_activity(
+    conn: Connection, contact_id: str, name: str, since: datetime
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT properties FROM activity WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3",
+        contact_id,
+        name,
+        since,
+    )
+    return [r["properties"] for r in rows]
+
+
+async def prune_activity(conn: Connection, before: datetime) -> None:
+    await conn.execute("DELETE FROM activity WHERE occurred_at < $1", before)
+
+
+async def lock_entry(conn: Connection, scenario_id: str, contact_id: str) -> None:
+    """Serialise enrollment decisions for one contact and scenario (in a transaction)."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('enroll:' || $1 || ':' || $2))",
+        scenario_id,
+        contact_id,
+    )
+
+
+async def last_enrollment(
+    conn: Connection, scenario_id: str, contact_id: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT status, created_at, ended_at FROM enrollments"
+        " WHERE scenario_id = $1 AND contact_id = $2 ORDER BY created_at DESC LIMIT 1",
+        scenario_id,
+        contact_id,
+    )
+
+
+async def has_active(conn: Connection, scenario_id: str, contact_id: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM enrollments WHERE scenario_id = $1 AND contact_id = $2"
+        " AND status = 'active')",
+        scenario_id,
+        contact_id,
+    )
+    return bool(found)
+
+
+async def create_enrollment(
     conn: Connection,
     scenario_id: str,
     version: int,
     contact_id: str,
     trigger_event: dict[str, Any],
-    due_at: datetime,
-) -> bool:
-    """Enroll once ever; False when the contact already was in this scenario."""
-    status = await conn.execute(
+    status: str,
+    at: datetime,
+) -> uuid.UUID:
+    enrollment_id = uuid.uuid4()
+    await conn.execute(
         "INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id, trigger_event,"
-        " next_due_at) VALUES ($1, $2, $3, $4, $5, $6)"
-        " ON CONFLICT (scenario_id, contact_id) DO NOTHING",
-        uuid.uuid4(),
+        " status, created_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6::text, $7::timestamptz,"
+        " CASE WHEN $6::text = 'active' THEN NULL ELSE $7::timestamptz END)",
+        enrollment_id,
         scenario_id,
         version,
         contact_id,
         trigger_event,
-        due_at,
+        status,
+        at,
     )
-    return status.endswith(" 1")
+    return enrollment_id
 
 
-async def claim_due(conn: Connection, now: datetime, limit: int) -> list[DueEnrollment]:
-    """Lock up to ``limit`` due enrollments; other replicas skip them (SKIP LOCKED)."""
+async def active_enrollments(conn: Connection, contact_id: str) -> list[Enrollment]:
     rows = await conn.fetch(
-        """
-        SELECT e.id, e.scenario_id, e.scenario_version, e.step_index, e.next_due_at,
-               e.trigger_event, c.id AS contact_id, c.email, c.name, c.locale, c.time_zone,
-               c.attributes
-        FROM enrollments e JOIN contacts c ON c.id = e.contact_id
-        WHERE e.status = 'active' AND e.next_due_at <= $1
-        ORDER BY e.next_due_at
-        LIMIT $2
-        FOR UPDATE OF e SKIP LOCKED
-        """,
-        now,
-        limit,
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM}"  # noqa: S608
+        " WHERE e.contact_id = $1 AND e.status = 'active' FOR UPDATE OF e",
+        contact_id,
     )
-    return [
-        DueEnrollment(
-            id=r["id"],
-            scenario_id=r["scenario_id"],
-            scenario_version=r["scenario_version"],
-            step_index=r["step_index"],
-            due_at=r["next_due_at"],
-            trigger_event=r["trigger_event"],
-            contact={
-                "id": r["contact_id"],
-                "email": r["email"],
-                "name": r["name"],
-                "locale": r["locale"],
-                "time_zone": r["time_zone"],
-                "attributes": r["attributes"],
-            },
-        )
-        for r in rows
-    ]
+    return [_enrollment(r) for r in rows]
 
 
-async def advance(
-    conn: Connection, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime | None
+async def get_enrollment(conn: Connection, enrollment_id: uuid.UUID) -> Enrollment | None:
+    row = await conn.fetchrow(
+        f"SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM} WHERE e.id = $1",  # noqa: S608
+        enrollment_id,
+    )
+    return None if row is None else _enrollment(row)
+
+
+async def schedule(
+    conn: Connection, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime
 ) -> None:
-    """Move to ``step_index``; without a next due time the enrollment is completed."""
     await conn.execute(
-        "UPDATE enrollments SET step_index = $2, next_due_at = $3,"
-        " status = CASE WHEN $3::timestamptz IS NULL THEN 'completed' ELSE status END,"
-        " updated_at = now() WHERE id = $1",
+        "UPDATE enrollments SET step_index = $2, next_due_at = $3 WHERE id = $1",
         enrollment_id,
         step_index,
         next_due_at,
     )
 
 
+async def finish(
+    conn: Connection,
+    enrollment_id: uuid.UUID,
+    status: str,
+    at: datetime,
+    reason: str | None = None,
+    converted: bool = False,
+) -> None:
+    await conn.execute(
+        "UPDATE enrollments SET status = $2, next_due_at = NULL, ended_at = $3,"
+        " exit_reason = $4, converted = $5 WHERE id = $1 AND status = 'active'",
+        enrollment_id,
+        status,
+        at,
+        reason,
+        converted,
+    )
+
+
+async def claim_due(conn: Connection, now: datetime, limit: int) -> list[Enrollment]:
+    """Lock up to ``limit`` due enrollments; other replicas skip them (SKIP LOCKED)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM}
+        WHERE e.status = 'active' AND e.next_due_at <= $1
+        ORDER BY e.next_due_at LIMIT $2
+        FOR UPDATE OF e SKIP LOCKED
+        """,  # noqa: S608
+        now,
+        limit,
+    )
+    return [_enrollment(r) for r in rows]
+
+
+async def insert_message(
+    conn: Connection,
+    message_id: str,
+    enrollment: Enrollment,
+    step_id: str,
+    variant: str,
+    mail_kind: str,
+    at: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO messages (message_id, enrollment_id, scenario_id, step_id, variant,"
+        " contact_id, mail_kind, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT DO NOTHING",
+        message_id,
+        enrollment.id,
+        enrollment.scenario_id,
+        step_id,
+        variant,
+        enrollment.contact_id,
+        mail_kind,
+        at,
+    )
+
+
+async def message_facts(conn: Connection, enrollment_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    """Per step id: whether its mail was sent, opened, clicked (and which links)."""
+    rows = await conn.fetch(
+        "SELECT m.step_id, m.sent_at, m.opened_at, m.clicked_at,"
+        " ARRAY(SELECT url FROM message_clicks c WHERE c.message_id = m.message_id) AS links"
+        " FROM messages m WHERE m.enrollment_id = $1",
+        enrollment_id,
+    )
+    return {
+        r["step_id"]: {
+            "requested": True,
+            "sent": r["sent_at"] is not None,
+            "opened": r["opened_at"] is not None,
+            "clicked": r["clicked_at"] is not None,
+            "clicked_links": list(r["links"]),
+        }
+        for r in rows
+    }
+
+
+_FACT_COLUMNS = {
+    "sent": "sent_at",
+    "failed": "failed_at",
+    "opened": "opened_at",
+    "clicked": "clicked_at",
+    "unsubscribed": "unsubscribed_at",
+    "complained": "complained_at",
+}
+
+
+async def record_fact(conn: Connection, message_id: str, fact: str, at: datetime) -> str | None:
+    """Set the first time of ``fact`` for a message; returns its enrollment's contact id."""
+    column = _FACT_COLUMNS[fact]
+    contact: str | None = await conn.fetchval(
+        f"UPDATE messages SET {column} = COALESCE({column}, $2) WHERE message_id = $1"  # noqa: S608
+        " RETURNING contact_id",
+        message_id,
+        at,
+    )
+    return contact
+
+
+async def record_click(conn: Connection, message_id: str, url: str, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO message_clicks (message_id, url, clicked_at)"
+        " SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM messages WHERE message_id = $1)"
+        " ON CONFLICT DO NOTHING",
+        message_id,
+        url,
+        at,
+    )
+
+
+async def erase_contact(conn: Connection, contact_id: str) -> None:
+    """Forget the person: profile, activity, enrollments and their message facts."""
+    await conn.execute("DELETE FROM contacts WHERE id = $1", contact_id)
+
+
+async def add_notification(conn: Connection, url: str, body: dict[str, Any], at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO notifications (id, url, body, next_at) VALUES ($1, $2, $3, $4)",
+        uuid.uuid4(),
+        url,
+        body,
+        at,
+    )
+
+
+async def due_notifications(conn: Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, url, body, attempts FROM notifications"
+        " WHERE delivered_at IS NULL AND failed_at IS NULL AND next_at <= $1"
+        " ORDER BY next_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        now,
+        limit,
+    )
+
+
+async def notification_result(
+    conn: Connection,
+    notification_id: uuid.UUID,
+    *,
+    delivered_at: datetime | None,
+    next_at: datetime | None,
+    failed_at: datetime | None,
+    error: str | None,
+) -> None:
+    await conn.execute(
+        "UPDATE notifications SET attempts = attempts + 1, delivered_at = $2,"
+        " next_at = COALESCE($3, next_at), failed_at = $4, last_error = $5 WHERE id = $1",
+        notification_id,
+        delivered_at,
+        next_at,
+        failed_at,
+        error,
+    )
+
+
 async def enrollments_of(conn: Connection, contact_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, scenario_id, scenario_version, step_index, status, next_due_at, created_at"
-        " FROM enrollments WHERE contact_id = $1 ORDER BY created_at",
+        "SELECT id, scenario_id, scenario_version, step_index, status, next_due_at, exit_reason,"
+        " converted, created_at FROM enrollments WHERE contact_id = $1 ORDER BY created_at",
         contact_id,
     )
+
+
+async def scenario_stats(
+    conn: Connection, scenario_id: str
+) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    """Counts for a scenario (all versions) and per step."""
+    totals = await conn.fetchrow(
+        """
+        SELECT count(*) AS entered,
+               count(*) FILTER (WHERE status = 'held_out') AS held_out,
+               count(*) FILTER (WHERE status = 'active') AS active,
+               count(*) FILTER (WHERE status = 'completed') AS completed,
+               count(*) FILTER (WHERE status = 'exited') AS exited,
+               count(*) FILTER (WHERE converted) AS converted
+        FROM enrollments WHERE scenario_id = $1
+        """,
+        scenario_id,
+    )
+    assert totals is not None
+    steps = await conn.fetch(
+        """
+        SELECT step_id, variant,
+               count(*) AS requested,
+               count(sent_at) AS sent,
+               count(failed_at) AS failed,
+               count(opened_at) AS opened,
+               count(clicked_at) AS clicked,
+               count(unsubscribed_at) AS unsubscribed,
+               count(complained_at) AS complained,
+               count(*) FILTER (WHERE e.converted) AS converted
+        FROM messages m JOIN enrollments e ON e.id = m.enrollment_id
+        WHERE m.scenario_id = $1
+        GROUP BY step_id, variant ORDER BY step_id, variant
+        """,
+        scenario_id,
+    )
+    return totals, steps

@@ -1,6 +1,11 @@
 """The orchestrator's settings."""
 
+from pydantic import model_validator
+
 from stepmail_common.settings import CommonSettings
+from stepmail_common.signing import standard_webhook_key
+from stepmail_orchestrator.engine import parse_window
+from stepmail_orchestrator.scenarios import parse_duration
 
 
 class OrchestratorSettings(CommonSettings):
@@ -13,3 +18,20 @@ class OrchestratorSettings(CommonSettings):
     orchestrator_timer_batch: int = 500
     default_time_zone: str = "Asia/Tokyo"
     default_locale: str = "ja-JP"
+    # Contact-level rules for marketing mail, in each contact's time zone.
+    orchestrator_send_window: str | None = "09:00-21:00"
+    orchestrator_frequency_cap: str | None = None
+    # Inactivity and yearly triggers are looked for this often.
+    orchestrator_scan_interval_seconds: float = 60.0
+    # Standard Webhooks secret (whsec_ + base64) signing ``notify`` webhooks.
+    orchestrator_webhook_secret: str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2hhbmdlLW1l"  # noqa: S105 - dev only
+
+    @model_validator(mode="after")
+    def _check(self) -> "OrchestratorSettings":
+        key = standard_webhook_key(self.orchestrator_webhook_secret)
+        self.refuse_placeholder("orchestrator_webhook_secret", key.decode("latin-1"))
+        if self.orchestrator_send_window:
+            parse_window(self.orchestrator_send_window)
+        if self.orchestrator_frequency_cap:
+            parse_duration(self.orchestrator_frequency_cap)
+        return self

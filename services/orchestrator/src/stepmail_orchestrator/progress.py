@@ -1,0 +1,380 @@
+"""Moving enrollments through their scenario: entering, acting on steps, exiting.
+
+An enrollment is always *at* a step index with ``next_due_at`` = when that step acts.
+Entering a step computes the end of its wait; a step whose wait is already over acts at
+once, so one pass runs every step that is due. Durations count from when the previous
+step was due (not when it ran), so a late timer does not push the rest of the series.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from stepmail_common import event_types, telemetry
+from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.outbox import OutboxEvent
+from stepmail_common.outbox import add as add_to_outbox
+from stepmail_common.topics import Topics
+from stepmail_orchestrator import engine, metrics, repository
+from stepmail_orchestrator.conditions import matches
+from stepmail_orchestrator.repository import Enrollment
+from stepmail_orchestrator.scenarios import Branch, End, Enter, Notify, Scenario, Send, Update
+
+if TYPE_CHECKING:
+    from stepmail_orchestrator.repository import Connection
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("stepmail.orchestrator")
+SOURCE = "urn:stepmail:orchestrator"
+# Actions one pass may take for one enrollment; the rest continue on the next pass.
+MAX_ACTIONS_PER_PASS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRules:
+    """Rules across all scenarios, for marketing mail (transactional mail is never held)."""
+
+    send_window: engine.SendWindow | None = None
+    frequency_cap: timedelta | None = None
+
+
+def message_id(enrollment_id: str, step_index: int) -> str:
+    """The mail's id, the same however often the step is looked at."""
+    return derived_id("message", enrollment_id, str(step_index))
+
+
+def context(
+    contact: dict[str, Any], trigger: dict[str, Any], steps: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What conditions and dates are looked up in."""
+    return {
+        "contact": contact,
+        "trigger": {"name": trigger.get("name"), "properties": trigger.get("properties", {})},
+        "steps": steps or {},
+    }
+
+
+def has_consent(contact: dict[str, Any], mail_kind: str) -> bool:
+    """Marketing mail needs an opt-in on record; transactional mail needs no withdrawal."""
+    record = (contact.get("consent") or {}).get(mail_kind) or {}
+    if mail_kind == "marketing":
+        return record.get("status") == "granted"
+    return record.get("status") != "withdrawn"
+
+
+class Progress:
+    def __init__(self, topics: Topics, rules: ContactRules) -> None:
+        self._topics = topics
+        self._rules = rules
+
+    async def enroll(
+        self,
+        conn: Connection,
+        scenario: Scenario,
+        version: int,
+        contact: dict[str, Any],
+        trigger: dict[str, Any],
+        now: datetime,
+        base: datetime | None = None,
+    ) -> bool:
+        """Enroll if the entry rule and audience allow; True when an enrollment was made."""
+        contact_id = contact["id"]
+        if not matches(scenario.audience, context(contact, trigger)):
+            return False
+        await repository.lock_entry(conn, scenario.id, contact_id)
+        last = await repository.last_enrollment(conn, scenario.id, contact_id)
+        if last is not None:
+            if scenario.entry_rule == "once":
+                return False
+            if scenario.entry_rule == "again_after":
+                if await repository.has_active(conn, scenario.id, contact_id):
+                    return False
+                assert scenario.cooloff is not None
+                if (last["ended_at"] or last["created_at"]) + scenario.cooloff > now:
+                    return False
+        held_out = engine.in_holdout(scenario.holdout_percent, scenario.id, contact_id)
+        status = "held_out" if held_out else "active"
+        enrollment_id = await repository.create_enrollment(
+            conn, scenario.id, version, contact_id, trigger, status, now
+        )
+        metrics.ENROLLED.labels(scenario.id, status).inc()
+        if held_out:
+            return True
+        enrollment = await repository.get_enrollment(conn, enrollment_id)
+        assert enrollment is not None
+        await self.run(conn, enrollment, scenario, contact, now, base=base or now, act_first=False)
+        return True
+
+    async def run(
+        self,
+        conn: Connection,
+        enrollment: Enrollment,
+        scenario: Scenario,
+        contact: dict[str, Any],
+        now: datetime,
+        *,
+        base: datetime,
+        act_first: bool,
+    ) -> None:
+        """Act on the current step if due (``act_first``), then enter the following ones."""
+        index = enrollment.step_index
+        tz = engine.zone(contact.get("time_zone"))
+        for _ in range(MAX_ACTIONS_PER_PASS):
+            if index >= len(scenario.steps):
+                await repository.finish(conn, enrollment.id, "completed", now)
+                metrics.COMPLETED.labels(scenario.id).inc()
+                return
+            step = scenario.steps[index]
+            if not act_first:
+                ctx = context(contact, enrollment.trigger_event)
+                wake = engine.wake_time(step.wait, base, tz, ctx)
+                if wake is None:
+                    metrics.STEPS_SKIPPED.labels(scenario.id, "date_unknown").inc()
+                    index += 1
+                    continue
+                if wake > now:
+                    await repository.schedule(conn, enrollment.id, index, wake)
+                    return
+                base = wake
+            act_first = False
+            action = step.action
+            if isinstance(action, Send):
+                outcome = await self._send(conn, enrollment, scenario, index, contact, now)
+                if outcome == "exited":
+                    return
+                if isinstance(outcome, datetime):
+                    await repository.schedule(conn, enrollment.id, index, outcome)
+                    return
+            elif isinstance(action, Branch):
+                facts = await repository.message_facts(conn, enrollment.id)
+                ctx = context(contact, enrollment.trigger_event, facts)
+                target = next((goto for cond, goto in action.cases if matches(cond, ctx)), None)
+                target = target or action.otherwise
+                if target is not None:
+                    index = scenario.step_index(target)
+                    continue
+            elif isinstance(action, Update):
+                await repository.update_profile(
+                    conn, contact["id"], action.add_tags, action.remove_tags, action.set
+                )
+                contact = await repository.get_contact(conn, contact["id"]) or contact
+            elif isinstance(action, Notify):
+                await repository.add_notification(
+                    conn,
+                    action.url,
+                    _notification(enrollment, scenario, step.id, action, contact, now),
+                    now,
+                )
+            elif isinstance(action, Enter):
+                await self._enter(conn, action.scenario, contact, enrollment, now)
+            elif isinstance(action, End):
+                await repository.finish(conn, enrollment.id, "completed", now)
+                metrics.COMPLETED.labels(scenario.id).inc()
+                return
+            index += 1
+        await repository.schedule(conn, enrollment.id, index, now)
+
+    def _hold_until(self, contact: dict[str, Any], now: datetime) -> datetime | None:
+        """When marketing mail may go to this contact, if not now."""
+        tz = engine.zone(contact.get("time_zone"))
+        moment = now
+        for _ in range(3):
+            before = moment
+            if self._rules.frequency_cap is not None and contact.get("last_marketing_at"):
+                moment = max(moment, contact["last_marketing_at"] + self._rules.frequency_cap)
+            if self._rules.send_window is not None:
+                moment = self._rules.send_window.next_allowed(moment, tz)
+            if moment == before:
+                break
+        return None if moment <= now else moment
+
+    async def _send(
+        self,
+        conn: Connection,
+        enrollment: Enrollment,
+        scenario: Scenario,
+        index: int,
+        contact: dict[str, Any],
+        now: datetime,
+    ) -> datetime | str:
+        """Emit the step's mail (``"sent"``), skip it (``"skipped"``, recorded), end the
+        enrollment (``"exited"``), or say until when it must wait (a datetime)."""
+        step = scenario.steps[index]
+        assert isinstance(step.action, Send)
+        if not matches(scenario.audience, context(contact, enrollment.trigger_event)):
+            await repository.finish(conn, enrollment.id, "exited", now, "left_audience")
+            metrics.EXITED.labels(scenario.id, "left_audience").inc()
+            return "exited"
+        if not contact.get("email"):
+            metrics.STEPS_SKIPPED.labels(scenario.id, "no_address").inc()
+            return "skipped"
+        if not has_consent(contact, scenario.mail_kind):
+            metrics.STEPS_SKIPPED.labels(scenario.id, "no_consent").inc()
+            return "skipped"
+        if scenario.mail_kind == "marketing":
+            held = self._hold_until(contact, now)
+            if held is not None:
+                metrics.STEPS_HELD.labels(scenario.id).inc()
+                return held
+        variant = engine.choose_variant(step.action.variants, scenario.id, step.id, contact["id"])
+        mid = message_id(str(enrollment.id), index)
+        event = CloudEvent(
+            type=event_types.STEP_DUE,
+            source=SOURCE,
+            subject=contact["id"],
+            id=derived_id("step-due", mid),
+            time=now,
+            data={
+                "message_id": mid,
+                "enrollment_id": str(enrollment.id),
+                "scenario": {"id": scenario.id, "version": enrollment.scenario_version},
+                "step": {"id": step.id, "index": index},
+                "template": variant.template,
+                "variant": variant.name,
+                "mail_kind": scenario.mail_kind,
+                "contact": {
+                    k: v
+                    for k, v in contact.items()
+                    if k in ("id", "email", "name", "locale", "time_zone", "attributes")
+                    and v is not None
+                },
+                "event": {
+                    "name": enrollment.trigger_event.get("name", ""),
+                    "properties": enrollment.trigger_event.get("properties", {}),
+                },
+                "due_at": now.isoformat(),
+            },
+        )
+        # The mail continues the trace of the event that enrolled the contact.
+        parent = telemetry.context_from_carrier(enrollment.trigger_event.get("trace"))
+        with tracer.start_as_current_span("fire step", context=parent):
+            carrier = telemetry.trace_carrier()
+        await add_to_outbox(
+            conn, [OutboxEvent(self._topics.steps_due, contact["id"], event, carrier)]
+        )
+        await repository.insert_message(
+            conn, mid, enrollment, step.id, variant.name, scenario.mail_kind, now
+        )
+        if scenario.mail_kind == "marketing":
+            await repository.touch_marketing(conn, contact["id"], now)
+            contact["last_marketing_at"] = now
+        metrics.STEPS_DUE.labels(scenario.id).inc()
+        return "sent"
+
+    async def _enter(
+        self,
+        conn: Connection,
+        scenario_id: str,
+        contact: dict[str, Any],
+        source: Enrollment,
+        now: datetime,
+    ) -> None:
+        for candidate, version in await repository.latest_active(conn):
+            if candidate.id == scenario_id:
+                trigger = {**source.trigger_event, "entered_from": source.scenario_id}
+                await self.enroll(conn, candidate, version, contact, trigger, now)
+                return
+        metrics.STEPS_SKIPPED.labels(source.scenario_id, "enter_inactive").inc()
+
+    async def fire_due(self, conn: Connection, now: datetime, limit: int) -> int:
+        """One timer pass in the caller's transaction: act on every due enrollment."""
+        due = await repository.claim_due(conn, now, limit)
+        for enrollment in due:
+            assert enrollment.next_due_at is not None
+            metrics.TIMER_LAG.observe(max(0.0, (now - enrollment.next_due_at).total_seconds()))
+            scenario = await repository.scenario_of(conn, enrollment)
+            if await repository.scenario_status(conn, scenario.id) == "paused":
+                # Paused: the step waits and is looked at again later, nothing is lost.
+                await repository.schedule(
+                    conn, enrollment.id, enrollment.step_index, now + PAUSE_RECHECK
+                )
+                continue
+            contact = await repository.get_contact(conn, enrollment.contact_id)
+            if contact is None:
+                continue
+            await self.run(
+                conn,
+                enrollment,
+                scenario,
+                contact,
+                now,
+                base=enrollment.next_due_at,
+                act_first=True,
+            )
+        return len(due)
+
+    async def exit_on_event(
+        self,
+        conn: Connection,
+        contact: dict[str, Any],
+        name: str,
+        properties: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """End the contact's enrollments whose scenario exits on this event."""
+        for enrollment in await repository.active_enrollments(conn, contact["id"]):
+            scenario = await repository.scenario_of(conn, enrollment)
+            trigger_props = enrollment.trigger_event.get("properties", {})
+            for rule in scenario.exits:
+                if rule.event != name:
+                    continue
+                if not matches(rule.where, {"properties": properties, "contact": contact}):
+                    continue
+                if any(properties.get(k) != trigger_props.get(k) for k in rule.same):
+                    continue
+                await repository.finish(
+                    conn, enrollment.id, "exited", now, f"event:{name}", converted=rule.conversion
+                )
+                metrics.EXITED.labels(scenario.id, "event").inc()
+                if rule.conversion:
+                    metrics.CONVERTED.labels(scenario.id).inc()
+                break
+
+    async def exit_kind(
+        self, conn: Connection, contact_id: str, mail_kind: str, now: datetime
+    ) -> None:
+        """Opt-out is final: end every enrollment of that kind of mail."""
+        for enrollment in await repository.active_enrollments(conn, contact_id):
+            scenario = await repository.scenario_of(conn, enrollment)
+            if scenario.mail_kind == mail_kind:
+                await repository.finish(conn, enrollment.id, "exited", now, "opted_out")
+                metrics.EXITED.labels(scenario.id, "opted_out").inc()
+
+    async def exit_left_audience(
+        self, conn: Connection, contact: dict[str, Any], now: datetime
+    ) -> None:
+        for enrollment in await repository.active_enrollments(conn, contact["id"]):
+            scenario = await repository.scenario_of(conn, enrollment)
+            if not matches(scenario.audience, context(contact, enrollment.trigger_event)):
+                await repository.finish(conn, enrollment.id, "exited", now, "left_audience")
+                metrics.EXITED.labels(scenario.id, "left_audience").inc()
+
+
+PAUSE_RECHECK = timedelta(minutes=1)
+
+
+def _notification(
+    enrollment: Enrollment,
+    scenario: Scenario,
+    step_id: str,
+    action: Notify,
+    contact: dict[str, Any],
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "type": "stepmail.scenario.notification",
+        "reason": action.reason,
+        "scenario": {"id": scenario.id, "version": enrollment.scenario_version, "step": step_id},
+        "enrollment_id": str(enrollment.id),
+        "contact": {
+            k: contact.get(k)
+            for k in ("id", "email", "name", "attributes", "tags")
+            if contact.get(k)
+        },
+        "at": now.isoformat(),
+    }
