@@ -16,9 +16,9 @@ from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import repository
-from stepmail_orchestrator.engine import parse_window
+from stepmail_orchestrator.engine import ContactRules, parse_window
 from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
-from stepmail_orchestrator.progress import ContactRules, Progress
+from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.scanner import TriggerScanner
 from stepmail_orchestrator.scenarios import parse_scenario
 from stepmail_orchestrator.settings import OrchestratorSettings

@@ -94,3 +94,20 @@ def test_errors_name_file_and_field(change, field):
 def test_example_scenarios_load(repo_root: Path):
     scenarios = load_dir(repo_root / "examples" / "scenarios")
     assert "welcome" in {s.id for s in scenarios}
+
+
+def test_catalogue_scenarios_are_valid(repo_root: Path):
+    scenarios = {s.id: s for s in load_dir(repo_root / "examples" / "scenarios" / "catalog")}
+    assert set(scenarios) == {
+        "birthday",
+        "cart-abandonment",
+        "pricing-interest",
+        "purchase-followup",
+        "reengagement",
+        "trial",
+        "webinar",
+        "welcome-series",
+        "whitepaper-followup",
+    }
+    assert scenarios["cart-abandonment"].exits[0].same == ("checkout_token",)
+    assert scenarios["birthday"].trigger.yearly_date == "contact.attributes.birthday"

@@ -4,10 +4,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Request, Response
+from pydantic import BaseModel, Field
 
 from stepmail_common.clock import Clock, SystemClock
 from stepmail_common.kafka import EventConsumer
@@ -17,14 +19,15 @@ from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import admin_guard, dependency_checks, install_common, start_background
 from stepmail_orchestrator import repository
-from stepmail_orchestrator.engine import parse_window
+from stepmail_orchestrator.engine import ContactRules, parse_window
 from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
 from stepmail_orchestrator.notifier import Notifier
-from stepmail_orchestrator.progress import ContactRules, Progress
+from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.scanner import TriggerScanner
 from stepmail_orchestrator.scenarios import ScenarioError, load_dir, parse_duration, parse_scenario
 from stepmail_orchestrator.settings import OrchestratorSettings
 from stepmail_orchestrator.stats import scenario_stats
+from stepmail_orchestrator.timeline import Assume, simulate
 from stepmail_orchestrator.timers import TimerLoop
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,21 @@ def contact_rules(settings: OrchestratorSettings) -> ContactRules:
     )
 
 
+class TimelineEvent(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class TimelineIn(BaseModel):
+    """A known contact (``contact_id``) or a sample one (``contact``), and the trigger event."""
+
+    contact_id: str | None = None
+    contact: dict[str, Any] | None = None
+    event: TimelineEvent
+    start: datetime | None = None
+    assume: dict[str, bool] = Field(default_factory=dict, description="opened, clicked")
+
+
 def _invalid(exc: ScenarioError) -> Problem:
     _, _, rest = str(exc).partition(": ")
     field, _, what = rest.partition(": ")
@@ -60,7 +78,8 @@ def _invalid(exc: ScenarioError) -> Problem:
 def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> FastAPI:
     clock = clock or SystemClock()
     topics = Topics(settings.kafka_topic_prefix)
-    progress = Progress(topics, contact_rules(settings))
+    progress_rules = contact_rules(settings)
+    progress = Progress(topics, progress_rules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -225,6 +244,50 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
     )
     async def archive(scenario_id: str, request: Request) -> dict[str, Any]:
         return await _set_status(request, scenario_id, "archived")
+
+    @app.post(
+        "/v1/scenarios/{scenario_id}/timeline",
+        dependencies=admin,
+        summary="Dry run: which mails would go to a contact, when (nothing is sent)",
+    )
+    async def timeline(scenario_id: str, body: TimelineIn, request: Request) -> dict[str, Any]:
+        async with request.app.state.pool.acquire() as conn:
+            found = {s.id: s for s, _ in await repository.latest_active(conn)}
+            contact = (
+                await repository.get_contact(conn, body.contact_id) if body.contact_id else None
+            )
+        scenario = found.get(scenario_id)
+        if scenario is None:
+            raise Problem(
+                404, "No active scenario with this id", type_="urn:stepmail:problem:not-found"
+            )
+        if contact is None:
+            if body.contact is None:
+                raise Problem(
+                    422,
+                    "Contact needed",
+                    "Give contact_id of a known contact, or a contact.",
+                    errors=[{"field": "contact", "detail": "required when contact_id is unknown"}],
+                )
+            contact = {
+                "locale": settings.default_locale,
+                "time_zone": settings.default_time_zone,
+                **body.contact,
+            }
+        start = body.start or clock.now()
+        trigger = {"name": body.event.name, "properties": body.event.properties}
+        entries = simulate(scenario, contact, trigger, start, progress_rules, Assume(**body.assume))
+        return {"scenario": scenario_id, "contact_id": contact.get("id"), "timeline": entries}
+
+    @app.post(
+        "/v1/scenarios/{scenario_id}/migrate",
+        dependencies=admin,
+        summary="Move running enrollments to the latest version (by step id)",
+    )
+    async def migrate_enrollments(scenario_id: str, request: Request) -> dict[str, Any]:
+        async with request.app.state.pool.acquire() as conn:
+            moved, kept = await repository.migrate_enrollments(conn, scenario_id)
+        return {"scenario": scenario_id, "migrated": moved, "not_migrated": kept}
 
     @app.get("/v1/scenarios/{scenario_id}/stats", dependencies=admin, summary="Per-step stats")
     async def stats(scenario_id: str, request: Request) -> dict[str, Any]:

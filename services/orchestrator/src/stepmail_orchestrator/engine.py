@@ -148,3 +148,35 @@ def next_yearly(value: Any, at: time | None, tz: ZoneInfo, after: datetime) -> d
         if candidate > local_after:
             return candidate.astimezone(UTC)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactRules:
+    """Rules across all scenarios, for marketing mail (transactional mail is never held)."""
+
+    send_window: SendWindow | None = None
+    frequency_cap: timedelta | None = None
+
+
+def hold_until(
+    rules: ContactRules, tz: ZoneInfo, last_marketing_at: datetime | None, now: datetime
+) -> datetime | None:
+    """When marketing mail may go to a contact, if not now (send window, frequency cap)."""
+    moment = now
+    for _ in range(3):
+        before = moment
+        if rules.frequency_cap is not None and last_marketing_at is not None:
+            moment = max(moment, last_marketing_at + rules.frequency_cap)
+        if rules.send_window is not None:
+            moment = rules.send_window.next_allowed(moment, tz)
+        if moment == before:
+            break
+    return None if moment <= now else moment
+
+
+def has_consent(contact: Mapping[str, Any], mail_kind: str) -> bool:
+    """Marketing mail needs an opt-in on record; transactional mail needs no withdrawal."""
+    record = (contact.get("consent") or {}).get(mail_kind) or {}
+    if mail_kind == "marketing":
+        return bool(record.get("status") == "granted")
+    return bool(record.get("status") != "withdrawn")

@@ -9,7 +9,6 @@ step was due (not when it ran), so a late timer does not push the rest of the se
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,14 +34,6 @@ SOURCE = "urn:stepmail:orchestrator"
 MAX_ACTIONS_PER_PASS = 50
 
 
-@dataclass(frozen=True, slots=True)
-class ContactRules:
-    """Rules across all scenarios, for marketing mail (transactional mail is never held)."""
-
-    send_window: engine.SendWindow | None = None
-    frequency_cap: timedelta | None = None
-
-
 def message_id(enrollment_id: str, step_index: int) -> str:
     """The mail's id, the same however often the step is looked at."""
     return derived_id("message", enrollment_id, str(step_index))
@@ -59,16 +50,8 @@ def context(
     }
 
 
-def has_consent(contact: dict[str, Any], mail_kind: str) -> bool:
-    """Marketing mail needs an opt-in on record; transactional mail needs no withdrawal."""
-    record = (contact.get("consent") or {}).get(mail_kind) or {}
-    if mail_kind == "marketing":
-        return record.get("status") == "granted"
-    return record.get("status") != "withdrawn"
-
-
 class Progress:
-    def __init__(self, topics: Topics, rules: ContactRules) -> None:
+    def __init__(self, topics: Topics, rules: engine.ContactRules) -> None:
         self._topics = topics
         self._rules = rules
 
@@ -179,20 +162,6 @@ class Progress:
             index += 1
         await repository.schedule(conn, enrollment.id, index, now)
 
-    def _hold_until(self, contact: dict[str, Any], now: datetime) -> datetime | None:
-        """When marketing mail may go to this contact, if not now."""
-        tz = engine.zone(contact.get("time_zone"))
-        moment = now
-        for _ in range(3):
-            before = moment
-            if self._rules.frequency_cap is not None and contact.get("last_marketing_at"):
-                moment = max(moment, contact["last_marketing_at"] + self._rules.frequency_cap)
-            if self._rules.send_window is not None:
-                moment = self._rules.send_window.next_allowed(moment, tz)
-            if moment == before:
-                break
-        return None if moment <= now else moment
-
     async def _send(
         self,
         conn: Connection,
@@ -213,11 +182,16 @@ class Progress:
         if not contact.get("email"):
             metrics.STEPS_SKIPPED.labels(scenario.id, "no_address").inc()
             return "skipped"
-        if not has_consent(contact, scenario.mail_kind):
+        if not engine.has_consent(contact, scenario.mail_kind):
             metrics.STEPS_SKIPPED.labels(scenario.id, "no_consent").inc()
             return "skipped"
         if scenario.mail_kind == "marketing":
-            held = self._hold_until(contact, now)
+            held = engine.hold_until(
+                self._rules,
+                engine.zone(contact.get("time_zone")),
+                contact.get("last_marketing_at"),
+                now,
+            )
             if held is not None:
                 metrics.STEPS_HELD.labels(scenario.id).inc()
                 return held

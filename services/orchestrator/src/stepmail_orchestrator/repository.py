@@ -546,3 +546,47 @@ async def scenario_stats(
         scenario_id,
     )
     return totals, steps
+
+
+async def migrate_enrollments(conn: Connection, scenario_id: str) -> tuple[int, int]:
+    """Move active enrollments of older versions to the latest, keeping their step by id.
+
+    An enrollment whose current step no longer exists stays on its version.
+    """
+    async with conn.transaction():
+        latest = await conn.fetchrow(
+            "SELECT version, digest, definition FROM scenarios WHERE id = $1"
+            " ORDER BY version DESC LIMIT 1",
+            scenario_id,
+        )
+        if latest is None:
+            return 0, 0
+        target = _parsed(scenario_id, latest["version"], latest["digest"], latest["definition"])
+        positions = {step.id: i for i, step in enumerate(target.steps)}
+        rows = await conn.fetch(
+            f"SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM}"  # noqa: S608
+            " WHERE e.scenario_id = $1 AND e.status = 'active' AND e.scenario_version < $2"
+            " FOR UPDATE OF e",
+            scenario_id,
+            latest["version"],
+        )
+        moved = kept = 0
+        for row in rows:
+            enrollment = _enrollment(row)
+            current = await scenario_of(conn, enrollment)
+            step_id = (
+                current.steps[enrollment.step_index].id
+                if enrollment.step_index < len(current.steps)
+                else None
+            )
+            if step_id is None or step_id not in positions:
+                kept += 1
+                continue
+            await conn.execute(
+                "UPDATE enrollments SET scenario_version = $2, step_index = $3 WHERE id = $1",
+                enrollment.id,
+                latest["version"],
+                positions[step_id],
+            )
+            moved += 1
+        return moved, kept
