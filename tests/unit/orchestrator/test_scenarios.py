@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from stepmail_orchestrator.scenarios import ScenarioError, load_dir, parse_duration, parse_scenario
 
@@ -111,3 +112,11 @@ def test_catalogue_scenarios_are_valid(repo_root: Path):
     }
     assert scenarios["cart-abandonment"].exits[0].same == ("checkout_token",)
     assert scenarios["birthday"].trigger.yearly_date == "contact.attributes.birthday"
+
+
+def test_the_readme_example_is_a_valid_scenario(repo_root: Path):
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```yaml\nid: cart-abandonment") + len("```yaml\n")
+    example = yaml.safe_load(readme[start : readme.index("```", start)])
+    scenario = parse_scenario(example, "README.md")
+    assert [s.id for s in scenario.steps][-1] == "done"
