@@ -96,3 +96,14 @@ def test_key_cache_spares_the_database_until_it_expires():
         assert repo.calls == 3
 
     asyncio.run(run())
+
+
+def test_free_form_objects_refuse_integers_no_consumer_can_read():
+    from pydantic import ValidationError
+
+    from stepmail_ingest.schemas import EventIn
+
+    with pytest.raises(ValidationError) as error:
+        EventIn.model_validate({"type": "x", "contact": {"id": "c"}, "properties": {"n": [2**64]}})
+    assert error.value.errors()[0]["loc"] == ("properties",)
+    EventIn.model_validate({"type": "x", "contact": {"id": "c"}, "properties": {"n": 2**63 - 1}})

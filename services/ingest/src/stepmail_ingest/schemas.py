@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -37,6 +38,30 @@ Locale = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")
 ]
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _json_safe(value: object, depth: int = 0) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValueError("integers must fit in 64 bits; send larger ones as strings")
+    if depth > 64:
+        raise ValueError("nested more than 64 levels deep")
+    if isinstance(value, dict):
+        for item in value.values():
+            _json_safe(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _json_safe(item, depth + 1)
+
+
+def _checked_object(value: dict[str, Any]) -> dict[str, Any]:
+    _json_safe(value)
+    return value
+
+
+# Free-form JSON objects: anything JSON, within what every consumer can read back.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_checked_object)]
 Scope = Literal["events:write", "contacts:write", "admin"]
 
 
@@ -61,7 +86,7 @@ class ContactIn(BaseModel):
     name: Annotated[str, StringConstraints(max_length=200)] | None = None
     locale: Locale | None = None
     time_zone: TimeZone | None = Field(default=None, description="IANA name, e.g. Asia/Tokyo")
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
 
     _zone = field_validator("time_zone")(check_time_zone)
 
@@ -78,7 +103,7 @@ class EventIn(BaseModel):
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     ]
     contact: ContactIn
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
     occurred_at: AwareDatetime | None = Field(
         default=None, description="RFC 3339 with an offset; defaults to receipt"
     )
@@ -266,12 +291,12 @@ class _SegmentCall(BaseModel):
 class SegmentTrack(_SegmentCall):
     type: Literal["track"] = "track"
     event: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: JsonObject = Field(default_factory=dict)
 
 
 class SegmentIdentify(_SegmentCall):
     type: Literal["identify"] = "identify"
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: JsonObject = Field(default_factory=dict)
 
 
 class SegmentOther(BaseModel):
