@@ -78,7 +78,7 @@ async def renderer(
 
 
 def _step_due(
-    template: str, message_id: str, contact_id: str = "c-100", mail_kind: str = "transactional"
+    template: str, message_id: str, contact_id: str = "c-100", mail_kind: str = "marketing"
 ) -> CloudEvent:
     return CloudEvent(
         type=event_types.STEP_DUE,
@@ -123,15 +123,14 @@ async def test_a_due_step_becomes_a_rendered_mail(renderer: Renderer):
     assert msg["Subject"] == "佐藤 花子 様、ご登録ありがとうございます"
     assert msg["To"].addresses[0].display_name == "佐藤 花子"
     assert msg["X-Stepmail-Message-Id"] == message_id
-    # The welcome mail is transactional: a preferences link, no RFC 8058 one-click.
-    assert msg["List-Unsubscribe-Post"] is None
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "https://t.example.jp/u/" in msg["List-Unsubscribe"]
 
 
 async def test_a_template_error_dead_letters_with_the_reason(renderer: Renderer):
     await renderer.producer.publish(
         renderer.topics.steps_due,
-        _step_due("broken", str(uuid.uuid4()), mail_kind="marketing"),
+        _step_due("broken", str(uuid.uuid4())),
         key="c-100",
     )
     dlq = Topics.dlq(renderer.topics.steps_due)

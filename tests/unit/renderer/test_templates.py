@@ -12,7 +12,7 @@ from tests.unit.renderer.helpers import REPO, WELCOME_DIR
 def test_the_welcome_template_loads():
     welcome = load_template(WELCOME_DIR)
     assert welcome.id == "welcome"
-    assert welcome.mail_kind == "transactional"
+    assert welcome.mail_kind == "marketing"
     assert "contact.name | default('お客様')" in welcome.subject
     assert welcome.text is not None
     assert "https://shop.example.com/getting-started" in welcome.html

@@ -8,6 +8,7 @@ import html
 import re
 from collections import defaultdict
 from collections.abc import Callable
+from functools import lru_cache
 from urllib.parse import quote
 
 _LINK_TAG = re.compile(r"<(?:a|area)\b[^>]*>", re.IGNORECASE)
@@ -24,6 +25,7 @@ _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 Wrap = Callable[[int, str], str]
 
 
+@lru_cache(maxsize=8192)
 def normalise_url(url: str) -> str:
     """A lowercase scheme and percent-encoded non-ASCII, so the URL survives a header."""
     url = url.strip()
@@ -102,6 +104,7 @@ class LinkTracker:
         return _TEXT_URL.sub(url_at, body)
 
 
+@lru_cache(maxsize=8192)
 def with_utm(url: str, params: tuple[tuple[str, str], ...]) -> str:
     """``url`` with the UTM parameters it lacks appended; ones it has are left alone."""
     if not params:

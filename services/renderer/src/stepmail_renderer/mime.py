@@ -5,6 +5,7 @@ so headers with non-ASCII text are encoded here, word by word.
 """
 
 import base64
+import binascii
 import re
 from collections.abc import Sequence
 from email.header import Header
@@ -142,7 +143,9 @@ def plain(name: str, value: str) -> str:
 
 def _body(content: str) -> str:
     canonical = content.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
-    return base64.encodebytes(canonical.encode()).decode().replace("\n", CRLF)
+    encoded = binascii.b2a_base64(canonical.encode(), newline=False).decode("ascii")
+    # 76-character lines, as RFC 2045 asks of base64.
+    return "".join([encoded[i : i + 76] + CRLF for i in range(0, len(encoded), 76)])
 
 
 def _split_long(line: str, html: bool) -> list[bytes]:

@@ -108,6 +108,9 @@ class _SenderParts:
 
     def __init__(self, sender: SenderProfile) -> None:
         self.profile = sender
+        self.from_address = sender.from_address
+        self.domain = sender.domain
+        self.mailto = f"mailto:{sender.unsubscribe_mailbox}?subject=unsubscribe%20"
         self.jis = sender.charset == iso2022jp.CODEC
         legal = footer.Sender(sender.legal_name, sender.postal_address, sender.contact)
         if self.jis:
@@ -217,9 +220,17 @@ class MailRenderer:
         utm = profile.utm_for(step.scenario_id, step.step_id, src.id) if profile.utm else ()
         click_base = f"{self._tracker}/c/"
 
+        wrapped: dict[tuple[int, str], str] = {}
+
         def wrap(index: int, url: str) -> str:
-            target = with_utm(url, utm) if utm else url
-            return click_base + signer.sign({"k": "c", **ref, "i": index, "u": target})
+            # The text part repeats the HTML's links: one token per position and URL.
+            key = (index, url)
+            found = wrapped.get(key)
+            if found is None:
+                target = with_utm(url, utm) if utm else url
+                payload = {"k": "c", **ref, "i": index, "u": target}
+                found = wrapped[key] = click_base + signer.sign(payload)
+            return found
 
         links = LinkTracker(wrap, keep={unsubscribe_url})
         html = links.html(html)
@@ -251,10 +262,10 @@ class MailRenderer:
             to_line,
             subject_line,
             self._date_header(),
-            mime.plain("Message-ID", self._message_id_header(step.message_id, profile.domain)),
+            mime.plain("Message-ID", self._message_id_header(step.message_id, sender.domain)),
             mime.plain("X-Stepmail-Message-Id", step.message_id),
         ]
-        mailto = f"mailto:{profile.unsubscribe_mailbox}?subject=unsubscribe%20{unsubscribe_token}"
+        mailto = sender.mailto + unsubscribe_token
         headers.append(
             mime.plain("List-Unsubscribe", f"<{unsubscribe_url}>,{mime.CRLF} <{mailto}>")
         )
@@ -270,7 +281,7 @@ class MailRenderer:
             mime=mime.alternative(
                 headers, text, html, boundary, iso2022jp.CODEC if sender.jis else "utf-8"
             ),
-            mail_from=profile.from_address,
+            mail_from=sender.from_address,
             rcpt_to=step.email,
             links=links.count,
             subject=subject,

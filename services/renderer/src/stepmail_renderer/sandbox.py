@@ -48,10 +48,13 @@ class MailSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        # Data keys win over dict methods: ``event.properties.items`` is the cart's items,
-        # not ``dict.items``.
-        if isinstance(obj, dict) and attribute in obj:
-            return obj[attribute]
+        # On data (dicts) a dot reads a key, never a method: ``event.properties.items``
+        # is the cart's items, and when they are missing it is undefined (an error),
+        # not ``dict.items``. Loop over a mapping with ``| items`` or ``| dictsort``.
+        if isinstance(obj, dict):
+            if attribute in obj:
+                return obj[attribute]
+            return self.undefined(obj=obj, name=attribute)
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Context, op: str, left: Any, right: Any) -> Any:
