@@ -70,8 +70,8 @@ class LinkTracker:
 
     def html(self, body: str) -> str:
         def href(match: re.Match[str]) -> str:
-            raw = next(g for g in match.groups()[1:] if g is not None)
-            url = html.unescape(raw).strip()
+            raw = match.group(2) or match.group(3) or match.group(4) or ""
+            url = (html.unescape(raw) if "&" in raw else raw).strip()
             if not _HTTP.match(url) or url in self._keep:
                 return match.group(0)
             url = normalise_url(url)
@@ -79,7 +79,14 @@ class LinkTracker:
             self._positions[url].append(index)
             return f'{match.group(1)}"{html.escape(self._wrap(index, url))}"'
 
-        return _LINK_TAG.sub(lambda tag: _HREF.sub(href, tag.group(0)), body)
+        def tag(match: re.Match[str]) -> str:
+            text = match.group(0)
+            # Most tags of a mail are not links: skip them without a second search.
+            if "href" not in text and "HREF" not in text and "Href" not in text:
+                return text
+            return _HREF.sub(href, text)
+
+        return _LINK_TAG.sub(tag, body)
 
     def text(self, body: str) -> str:
         seen: dict[str, int] = defaultdict(int)
