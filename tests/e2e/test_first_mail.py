@@ -8,13 +8,13 @@ import httpx
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 
+from stepmail_devstack.services import signup_event
 from tests.e2e import harness
 
 pytestmark = pytest.mark.e2e
 
 
-def _signup(contact_id: str, email: str, name: str) -> dict[str, object]:
-    return {"type": "signup", "contact": {"id": contact_id, "email": email, "name": name}}
+_signup = signup_event
 
 
 def test_signup_sends_a_personal_welcome_mail_whose_link_is_tracked(platform: harness.Platform):

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stepmail_common.events import derived_id
+from stepmail_devstack.services import signup_event
 from tests.e2e import harness
 
 pytestmark = pytest.mark.e2e
@@ -21,11 +22,9 @@ def test_sigkill_of_the_sender_mid_burst_loses_and_duplicates_nothing(platform: 
 
     def post(item: tuple[str, str]) -> int:
         contact_id, address = item
-        body = {
-            "type": "signup",
-            "contact": {"id": contact_id, "email": address, "name": f"顧客 {contact_id}"},
-        }
-        return platform.post_event(body).status_code
+        return platform.post_event(
+            signup_event(contact_id, address, f"顧客 {contact_id}")
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(post, contacts.items()))

@@ -207,9 +207,16 @@ async def test_marketing_needs_consent_and_waits_for_the_send_window_and_the_cap
                 "id": "news",
                 "trigger": {"event": "signup"},
                 "steps": [
-                    {"id": "one", "send": {"template": "n1"}},
+                    {"id": "one", "wait": "10m", "send": {"template": "n1"}},
                     {"id": "two", "send": {"template": "n2"}},
                 ],
+            }
+        )
+        await env.scenario(
+            {
+                "id": "hello",
+                "trigger": {"event": "signup"},
+                "steps": [{"id": "now", "send": {"template": "h"}}],
             }
         )
         await env.event("c-no-consent", "signup")
@@ -218,9 +225,12 @@ async def test_marketing_needs_consent_and_waits_for_the_send_window_and_the_cap
         await env.run_until(START + _days(3))
         mails = await env.mails()
         assert [(c, s, at) for c, s, _, at in mails] == [
-            # held until 09:00 the next morning, then the cap holds the second for 24 h
-            ("c-yes", "one", START + timedelta(hours=23)),
-            ("c-yes", "two", START + timedelta(hours=47)),
+            # at 23:00 the mail that answers the sign-up goes at once ...
+            ("c-yes", "now", START + timedelta(hours=13)),
+            # ... a later one waits for the cap (24 h, 23:00 the next day), then for the
+            # window (09:00 the day after); the next one waits for the cap again.
+            ("c-yes", "one", START + timedelta(hours=47)),
+            ("c-yes", "two", START + timedelta(hours=71)),
         ]
     finally:
         await pool.close()

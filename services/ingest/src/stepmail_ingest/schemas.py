@@ -102,7 +102,7 @@ class EventIn(BaseModel):
     type: Annotated[
         str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     ]
-    contact: ContactIn
+    contact: "EventContactIn"
     properties: JsonObject = Field(default_factory=dict)
     occurred_at: AwareDatetime | None = Field(
         default=None, description="RFC 3339 with an offset; defaults to receipt"
@@ -333,3 +333,14 @@ class ProblemDoc(BaseModel):
     errors: list[dict[str, str]] | None = Field(
         default=None, description="each with the 'field' that is wrong and a 'detail'"
     )
+
+
+class EventContactIn(ContactIn):
+    """The contact of an event; ``consent`` records an opt-in given with it (a sign-up
+    form's checkbox), with the same proof rules as ``POST /v1/contacts``."""
+
+    consent: ConsentIn | None = None
+
+
+EventIn.model_rebuild()
+EventBatchIn.model_rebuild()

@@ -18,7 +18,7 @@ from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
 from stepmail_ingest import metrics
 from stepmail_ingest.repository import IngestRepository, Remember
-from stepmail_ingest.schemas import ContactUpsertIn, EventIn
+from stepmail_ingest.schemas import ConsentIn, ContactUpsertIn, EventIn
 
 SOURCE = "urn:stepmail:ingest"
 
@@ -56,14 +56,22 @@ def customer_event(
 ) -> Pending:
     data: dict[str, Any] = {
         "name": event.type,
-        "contact": event.contact.model_dump(mode="json", exclude_none=True),
+        "contact": event.contact.model_dump(mode="json", exclude_none=True, exclude={"consent"}),
         "properties": event.properties,
         "occurred_at": (event.occurred_at or now).isoformat(),
     }
+    if event.contact.consent is not None:
+        data["contact"]["consent"] = _consent(event.contact.consent, now)
     if dedupe is not None:
         data["idempotency_key"] = dedupe[:255]
     print_ = fingerprint(event.model_dump(mode="json")) if dedupe is not None else b""
     return Pending(event_types.EVENT_RECEIVED, event.contact.id, data, dedupe, print_, origin)
+
+
+def _consent(consent: ConsentIn, now: datetime) -> dict[str, Any]:
+    record = consent.model_dump(mode="json", exclude_none=True)
+    record["at"] = (consent.at or now).isoformat()
+    return record
 
 
 def contact_update(
@@ -74,9 +82,7 @@ def contact_update(
         "updated_at": now.isoformat(),
     }
     if contact.consent is not None:
-        consent = contact.consent.model_dump(mode="json", exclude_none=True)
-        consent["at"] = (contact.consent.at or now).isoformat()
-        data["consent"] = consent
+        data["consent"] = _consent(contact.consent, now)
     print_ = fingerprint(contact.model_dump(mode="json")) if dedupe is not None else b""
     return Pending(event_types.CONTACT_UPDATED, contact.id, data, dedupe, print_, origin)
 

@@ -64,8 +64,14 @@ class Progress:
         trigger: dict[str, Any],
         now: datetime,
         base: datetime | None = None,
+        *,
+        responding: bool = True,
     ) -> bool:
-        """Enroll if the entry rule and audience allow; True when an enrollment was made."""
+        """Enroll if the entry rule and audience allow; True when an enrollment was made.
+
+        ``responding``: the contact's own action started it, so mails due at once answer
+        that action and are not held by the send window or the frequency cap.
+        """
         contact_id = contact["id"]
         if not matches(scenario.audience, context(contact, trigger)):
             return False
@@ -90,7 +96,16 @@ class Progress:
             return True
         enrollment = await repository.get_enrollment(conn, enrollment_id)
         assert enrollment is not None
-        await self.run(conn, enrollment, scenario, contact, now, base=base or now, act_first=False)
+        await self.run(
+            conn,
+            enrollment,
+            scenario,
+            contact,
+            now,
+            base=base or now,
+            act_first=False,
+            responding=responding,
+        )
         return True
 
     async def run(
@@ -103,9 +118,11 @@ class Progress:
         *,
         base: datetime,
         act_first: bool,
+        responding: bool = False,
     ) -> None:
         """Act on the current step if due (``act_first``), then enter the following ones."""
         index = enrollment.step_index
+        started = base
         tz = engine.zone(contact.get("time_zone"))
         for _ in range(MAX_ACTIONS_PER_PASS):
             if index >= len(scenario.steps):
@@ -127,7 +144,10 @@ class Progress:
             act_first = False
             action = step.action
             if isinstance(action, Send):
-                outcome = await self._send(conn, enrollment, scenario, index, contact, now)
+                answers_action = responding and base == started
+                outcome = await self._send(
+                    conn, enrollment, scenario, index, contact, now, hold=not answers_action
+                )
                 if outcome == "exited":
                     return
                 if isinstance(outcome, datetime):
@@ -170,6 +190,8 @@ class Progress:
         index: int,
         contact: dict[str, Any],
         now: datetime,
+        *,
+        hold: bool = True,
     ) -> datetime | str:
         """Emit the step's mail (``"sent"``), skip it (``"skipped"``, recorded), end the
         enrollment (``"exited"``), or say until when it must wait (a datetime)."""
@@ -185,7 +207,7 @@ class Progress:
         if not engine.has_consent(contact, scenario.mail_kind):
             metrics.STEPS_SKIPPED.labels(scenario.id, "no_consent").inc()
             return "skipped"
-        if scenario.mail_kind == "marketing":
+        if scenario.mail_kind == "marketing" and hold:
             held = engine.hold_until(
                 self._rules,
                 engine.zone(contact.get("time_zone")),
@@ -251,7 +273,7 @@ class Progress:
         for candidate, version in await repository.latest_active(conn):
             if candidate.id == scenario_id:
                 trigger = {**source.trigger_event, "entered_from": source.scenario_id}
-                await self.enroll(conn, candidate, version, contact, trigger, now)
+                await self.enroll(conn, candidate, version, contact, trigger, now, responding=False)
                 return
         metrics.STEPS_SKIPPED.labels(source.scenario_id, "enter_inactive").inc()
 

@@ -111,6 +111,8 @@ class TriggerScanner(PeriodicLoop):
             if at is not None:
                 tz = engine.zone(contact.get("time_zone"))
                 base = max(now, datetime.combine(now.astimezone(tz).date(), at, tzinfo=tz))
-            if await self._progress.enroll(conn, scenario, version, contact, trigger, now, base):
+            if await self._progress.enroll(
+                conn, scenario, version, contact, trigger, now, base, responding=False
+            ):
                 made += 1
         return made

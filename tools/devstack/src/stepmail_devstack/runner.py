@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,6 +20,7 @@ from stepmail_devstack.services import (
     SERVICE_PORTS,
     ServiceProcess,
     platform_env,
+    signup_event,
     stop_services,
 )
 
@@ -205,6 +207,11 @@ class Devstack:
         lines += [f"  {name:<{width}}  {where}" for name, where in rows]
         if "ingest" in self.services:
             ingest = self.services["ingest"].base_url
+            first_event = json.dumps(
+                signup_event("c-1001", "hanako@example.com", "山田 花子"),
+                ensure_ascii=False,
+                separators=(",", ":"),
+            )
             lines += [
                 "",
                 "Send the first event:",
@@ -212,8 +219,7 @@ class Devstack:
                 f"  KEY={api_key}",
                 f'  curl -sS -X POST {ingest}/v1/events -H "Authorization: Bearer $KEY" '
                 "-H 'Content-Type: application/json' "
-                '-d \'{"type":"signup","contact":{"id":"c-1001","email":"hanako@example.com",'
-                '"name":"山田 花子"}}\'',
+                f"-d '{first_event}'",
             ]
         lines += ["", "Ctrl-C stops everything.", ""]
         return "\n".join(lines)

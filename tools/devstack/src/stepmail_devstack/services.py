@@ -31,6 +31,23 @@ DEV_SENDER = {
 }
 
 
+# The opt-in a sign-up form records, with its proof; the welcome mail is marketing mail.
+SIGNUP_CONSENT: dict[str, object] = {
+    "status": "granted",
+    "kinds": ["marketing"],
+    "source": "signup-form",
+    "evidence": {"form": "https://shop.example.com/signup"},
+}
+
+
+def signup_event(contact_id: str, email: str, name: str) -> dict[str, object]:
+    """The first event of the README: a sign-up with the form's opt-in."""
+    return {
+        "type": "signup",
+        "contact": {"id": contact_id, "email": email, "name": name, "consent": SIGNUP_CONSENT},
+    }
+
+
 def _shared_defaults(ports: Mapping[str, int]) -> dict[str, str]:
     tracker_port = ports.get("tracker", SERVICE_PORTS["tracker"])
     return {

@@ -1,0 +1,215 @@
+"""Three sender processes share 10,000 mails while one of them is SIGKILLed and restarted.
+
+Every mail must be accounted for: delivered exactly once to the real SMTP server process
+(counted by ``X-Stepmail-Message-Id``), except those the ledger lists as ``ambiguous`` —
+no more than the killed process had in flight (one window) — and none missing.
+"""
+
+import asyncio
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from stepmail_common import event_types
+from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.kafka import EventProducer, Outgoing, ensure_topics
+from stepmail_common.topics import Topics
+from stepmail_devstack.catcher import CatcherProcess
+from stepmail_devstack.processes import free_port
+from stepmail_devstack.services import ServiceProcess, platform_env
+
+pytestmark = pytest.mark.e2e
+
+MAILS = 10_000
+PARTITIONS = 6
+CONTACTS = 2_500
+WINDOW = 16
+POOL = 4
+
+
+def mime_template() -> str:
+    """A small Japanese mail with placeholders in its ASCII-only headers."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "ステップメール <news@example.com>"
+    msg["To"] = "{rcpt}"
+    msg["Subject"] = "ご登録ありがとうございます"
+    msg["Message-ID"] = "<{mid}@example.com>"
+    msg["X-Stepmail-Message-Id"] = "{mid}"
+    msg.set_content("山田 太郎 様\n\nご登録ありがとうございます。\n", cte="base64")
+    return msg.as_string()
+
+
+def rendered_events(prefix: str, run: str) -> list[Outgoing]:
+    template = mime_template()
+    topic = Topics(prefix).mail_rendered
+    out: list[Outgoing] = []
+    for i in range(MAILS):
+        contact_id = f"c-{run}-{i % CONTACTS:05d}"
+        message_id = derived_id("scale", run, str(i))
+        rcpt = f"u{i % CONTACTS}.{run}@example.jp"
+        data: dict[str, Any] = {
+            "message_id": message_id,
+            "enrollment_id": f"enr-{run}-{i % CONTACTS}",
+            "scenario": {"id": "welcome", "version": 1},
+            "step": {"id": f"s{i // CONTACTS}", "index": i // CONTACTS},
+            "contact_id": contact_id,
+            "mail_kind": "marketing",
+            "envelope": {"mail_from": "bounce@example.com", "rcpt_to": rcpt},
+            "mime": template.replace("{mid}", message_id).replace("{rcpt}", rcpt),
+            "rendered_at": datetime.now(UTC).isoformat(),
+        }
+        event = CloudEvent(
+            type=event_types.MAIL_RENDERED,
+            source="urn:stepmail:renderer",
+            subject=contact_id,
+            data=data,
+            id=derived_id("rendered", message_id),
+        )
+        out.append(Outgoing(topic, event, contact_id))
+    return out
+
+
+async def produce(bootstrap: str, items: list[Outgoing]) -> None:
+    await ensure_topics(bootstrap, [items[0].topic], PARTITIONS)
+    async with EventProducer(bootstrap, "scale-test", enable_idempotence=False) as producer:
+        for start in range(0, len(items), 1000):
+            await producer.publish_many(items[start : start + 1000])
+
+
+async def ledger_rows(database_url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('sender.deliveries') IS NOT NULL")
+        if not exists:
+            return []
+        return await conn.fetch("SELECT message_id, state, owner FROM sender.deliveries")
+    finally:
+        await conn.close()
+
+
+def received_total(catcher: CatcherProcess) -> int:
+    response = httpx.get(f"{catcher.http_url}/healthz", timeout=5, trust_env=False)
+    response.raise_for_status()
+    total: int = response.json()["received_total"]
+    return total
+
+
+def sent_total(sender: ServiceProcess) -> float:
+    response = httpx.get(f"{sender.base_url}/metrics", timeout=5, trust_env=False)
+    found = re.search(r"^stepmail_sender_mails_sent_total (\S+)$", response.text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_for(check: Any, timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(every)
+
+
+@pytest.fixture
+def catcher() -> Iterator[CatcherProcess]:
+    with CatcherProcess(free_port(), free_port()) as running:
+        yield running
+
+
+def test_three_senders_deliver_10000_mails_through_a_sigkill(
+    fresh_database: Any, kafka_bootstrap: str, repo_root: Path, tmp_path: Path, catcher: Any
+) -> None:
+    database_url = fresh_database("scale")
+    run = uuid.uuid4().hex[:8]
+    prefix = f"scale{run}."
+    items = rendered_events(prefix, run)
+    expected = {item.event.data["message_id"] for item in items}
+    assert len(expected) == MAILS
+
+    senders: list[ServiceProcess] = []
+    for n in range(3):
+        port = free_port()
+        env = platform_env(
+            database_url,
+            kafka_bootstrap,
+            catcher.smtp_url,
+            {"sender": port},
+            repo_root,
+            {
+                "KAFKA_TOPIC_PREFIX": prefix,
+                "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+                "LOG_LEVEL": "INFO",
+                "SENDER_WINDOW": str(WINDOW),
+                "SMTP_POOL_SIZE": str(POOL),
+                "SENDER_AMBIGUOUS_POLICY": "hold",
+                "SENDER_RECOVERY_INTERVAL_SECONDS": "1",
+            },
+        )["sender"]
+        senders.append(
+            ServiceProcess("sender", port, env, cwd=repo_root, log_path=tmp_path / f"s{n}.log")
+        )
+    try:
+        asyncio.run(produce(kafka_bootstrap, items))
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.wait_ready(60)
+
+        # Kill one while the run is in full swing and it is sending its share.
+        victim = senders[1]
+        try:
+            wait_for(lambda: received_total(catcher) >= MAILS // 4, 60, "a quarter delivered")
+        except AssertionError:
+            rows = asyncio.run(ledger_rows(database_url))
+            print("DEBUG", received_total(catcher), Counter(r["state"] for r in rows))
+            raise
+        wait_for(lambda: sent_total(victim) > 0, 30, "the victim to be sending")
+        victim.kill()
+        at_kill = received_total(catcher)
+        assert at_kill < MAILS * 0.9, "the kill came after the run, not in it"
+        victim.start()
+        victim.wait_ready(60)
+
+        def settled() -> list[asyncpg.Record] | None:
+            rows = asyncio.run(ledger_rows(database_url))
+            final = [r for r in rows if r["state"] in ("sent", "ambiguous")]
+            return rows if len(final) == MAILS else None
+
+        rows = wait_for(settled, 75, "every mail to be settled in the ledger", every=0.5)
+        for sender in senders:
+            sender.ensure_alive()
+    finally:
+        for sender in senders:
+            sender.terminate(15)
+
+    states = {r["message_id"]: r["state"] for r in rows}
+    assert set(states) == expected, "the ledger holds exactly the produced mails"
+    ambiguous = {m for m, s in states.items() if s == "ambiguous"}
+    # Only the killed process's window can be in doubt, and all of it belongs to one owner.
+    assert len(ambiguous) <= WINDOW, ambiguous
+    assert len({r["owner"] for r in rows if r["state"] == "ambiguous"}) <= 1
+
+    # The ledger is settled; the server's count is final once it no longer grows.
+    delivered_total = wait_for(
+        lambda: (n := received_total(catcher)) >= MAILS - len(ambiguous) and n, 30, "deliveries"
+    )
+    response = httpx.get(f"{catcher.http_url}/api/messages", timeout=120, trust_env=False)
+    response.raise_for_status()
+    counts = Counter(m["stepmail_message_id"] for m in response.json()["messages"])
+    assert sum(counts.values()) >= delivered_total
+    assert set(counts) <= expected, "nothing but the produced mails arrived"
+    twice = {m: n for m, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} mails delivered more than once"
+    missing = {m for m in expected - ambiguous if counts[m] != 1}
+    assert not missing, f"{len(missing)} sent mails never arrived"
