@@ -1,6 +1,7 @@
 """The scenario API over HTTP, with the app's real lifespan (Postgres and the broker)."""
 
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -10,7 +11,7 @@ from stepmail_orchestrator.settings import OrchestratorSettings
 
 pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": "Bearer dev-admin-token"}
-SCENARIO = {
+SCENARIO: dict[str, Any] = {
     "id": "series",
     "mail_kind": "transactional",
     "trigger": {"event": "signup"},

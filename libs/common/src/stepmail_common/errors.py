@@ -4,6 +4,8 @@ Errors carry a ``retriable`` attribute so callers branch on it instead of listin
 exception types: a consumer retries a retriable error and dead-letters the rest.
 """
 
+import asyncpg
+
 
 class StepmailError(Exception):
     """Base class of stepmail's own errors."""
@@ -31,20 +33,22 @@ class InvalidTokenError(PermanentError):
     """A signed token whose signature, key or payload does not check out."""
 
 
+# Errors of the platform's dependencies that are worth trying again later.
+RETRIABLE_TYPES: tuple[type[Exception], ...] = (
+    RetriableError,
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
 def is_retriable(exc: BaseException) -> bool:
     """Whether ``exc`` is worth retrying: ours say so, connection-level errors are."""
     if isinstance(exc, StepmailError):
         return exc.retriable
-    import asyncpg  # local: keeps this module importable without a driver loaded
-
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.exceptions.ConnectionDoesNotExistError
-        | asyncpg.exceptions.InterfaceError
-        | asyncpg.exceptions.CannotConnectNowError
-        | asyncpg.exceptions.TooManyConnectionsError
-        | asyncpg.exceptions.SerializationError
-        | asyncpg.exceptions.DeadlockDetectedError,
-    )
+    return isinstance(exc, RETRIABLE_TYPES)

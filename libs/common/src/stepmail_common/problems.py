@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from stepmail_common.errors import is_retriable
+from stepmail_common.errors import RETRIABLE_TYPES, is_retriable
 
 log = logging.getLogger(__name__)
 
@@ -90,25 +90,31 @@ def install_problem_handlers(app: FastAPI) -> None:
             Problem(exc.status_code, str(exc.detail), headers=headers), request.url.path
         )
 
+    async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if not is_retriable(exc):  # e.g. a StepmailError subclass that says so
+            return await on_crash(request, exc)
+        log.warning(
+            "dependency unavailable",
+            extra={"path": request.url.path, "error": exc.__class__.__name__},
+        )
+        unavailable = Problem(
+            503,
+            "Service unavailable",
+            "A dependency (broker or database) is unreachable; nothing was accepted. Retry later.",
+            type_="urn:stepmail:problem:unavailable",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+        return problem_response(unavailable, request.url.path)
+
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
-        if is_retriable(exc):
-            log.warning(
-                "dependency unavailable",
-                extra={"path": request.url.path, "error": exc.__class__.__name__},
-            )
-            unavailable = Problem(
-                503,
-                "Service unavailable",
-                "A dependency (broker or database) is unreachable; nothing was accepted. "
-                "Retry later.",
-                type_="urn:stepmail:problem:unavailable",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            )
-            return problem_response(unavailable, request.url.path)
         log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
         return problem_response(Problem(500, "Internal error"), request.url.path)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Dependency failures are answered by the exception middleware (a 503, not re-raised);
+    # anything else reaches the server-error handler (a 500, logged with its traceback).
+    for exc_type in RETRIABLE_TYPES:
+        app.add_exception_handler(exc_type, on_unavailable)
     app.add_exception_handler(Exception, on_crash)

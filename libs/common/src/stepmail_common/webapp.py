@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepmail_common import telemetry
 from stepmail_common.problems import Problem, install_problem_handlers
@@ -25,12 +25,37 @@ log = logging.getLogger(__name__)
 ReadinessCheck = Callable[[], Awaitable[object]]
 
 
-def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", "unmatched"))
-    return "unmatched"
+class RequestMetrics:
+    """Counts requests and their latency by method, route template and status.
+
+    A plain ASGI middleware: the route template comes from the ``route`` the router put in
+    the scope (bounded labels; never the raw path, which may hold tokens or ids).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = str(getattr(route, "path", "unmatched"))
+            method = scope["method"]
+            telemetry.HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            telemetry.HTTP_SECONDS.labels(method, template).observe(time.perf_counter() - started)
 
 
 def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
@@ -69,16 +94,7 @@ def install_common(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:
     install_problem_handlers(app)
     app.include_router(ops_router(checks))
 
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = _route_template(request)
-        telemetry.HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        telemetry.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetrics)
 
 
 def supervise(coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
