@@ -47,13 +47,19 @@ class Signer:
             raise ValueError("a Signer needs at least one key")
         self._keys = dict(keys)
         self._current = next(iter(self._keys))
+        # Keyed HMAC states, copied per token: the key schedule is computed once per key.
+        self._hmacs = {
+            kid: hmac.new(key, digestmod=hashlib.sha256) for kid, key in self._keys.items()
+        }
 
     @classmethod
     def from_spec(cls, spec: str) -> "Signer":
         return cls(parse_keys(spec))
 
     def _mac(self, kid: str, body: str) -> bytes:
-        return hmac.new(self._keys[kid], f"{kid}.{body}".encode(), hashlib.sha256).digest()
+        mac = self._hmacs[kid].copy()
+        mac.update(f"{kid}.{body}".encode())
+        return mac.digest()
 
     def sign(self, payload: Mapping[str, Any]) -> str:
         body = _b64encode(orjson.dumps(payload))
