@@ -2,9 +2,13 @@
 
 The request is ``POST /v2/email/outbound-emails`` with a JSON body carrying the
 envelope sender, the recipient and the whole MIME message (base64) under
-``Content.Raw.Data``. Its answer maps onto the same verdicts as SMTP: 200 accepted;
-429 and 5xx retried later; other 4xx refused for good; a request whose answer was lost
-after it was sent is of unknown outcome, exactly like a broken SMTP DATA.
+``Content.Raw.Data``. Its answer maps onto the same verdicts as SMTP: 200 accepted (the
+ledger keeps SES's ``MessageId``, which its bounce and complaint notifications name);
+429, 5xx and the account-level refusals (sending paused, account suspended, a quota
+exceeded, credentials refused with 401/403: the mail itself is fine, and an operator
+can fix the account before the mail's maximum age) retried later; other 4xx refused
+for good; a request whose answer was lost after it was sent is of unknown outcome,
+exactly like a broken SMTP DATA.
 """
 
 import base64
@@ -25,6 +29,31 @@ if TYPE_CHECKING:
 
 PATH = "/v2/email/outbound-emails"
 SERVICE = "ses"
+# 4xx error types that say nothing against the mail: the account cannot send right now.
+_ACCOUNT_LEVEL = frozenset(
+    {
+        "TooManyRequestsException",
+        "LimitExceededException",
+        "SendingPausedException",
+        "AccountSuspendedException",
+        "ThrottlingException",
+    }
+)
+
+
+def error_type(response: httpx.Response) -> str:
+    """The AWS error type of a refused request (``x-amzn-ErrorType``, else the body's)."""
+    header = str(response.headers.get("x-amzn-errortype", ""))
+    if header:
+        return header.split(":", 1)[0]
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    found = body.get("__type") or body.get("code") or body.get("Code") or ""
+    return str(found).rsplit("#", 1)[-1]
 
 
 def _hmac(key: bytes, text: str) -> bytes:
@@ -142,10 +171,16 @@ class SesTransport:
         except httpx.HTTPError as exc:
             # The request may have reached SES: nobody can tell any more.
             return Reply(Verdict.UNKNOWN, None, f"{exc.__class__.__name__}")
-        text = redact(f"SES {response.status_code} {response.text}")
-        if response.status_code == 200:
-            return Reply(Verdict.ACCEPTED, None, text)
-        if response.status_code == 429 or response.status_code >= 500:
+        status = response.status_code
+        if status == 200:
+            try:
+                message_id = str(response.json().get("MessageId", ""))
+            except (ValueError, AttributeError):
+                message_id = ""
+            return Reply(Verdict.ACCEPTED, None, redact(f"SES 200 MessageId {message_id}"))
+        kind = error_type(response)
+        text = redact(f"SES {status} {kind} {response.text}".replace("  ", " "))
+        if status in (401, 403, 429) or status >= 500 or kind in _ACCOUNT_LEVEL:
             return Reply(Verdict.TRANSIENT, None, text)
         return Reply(Verdict.PERMANENT, None, text)
 
