@@ -17,11 +17,10 @@ from opentelemetry import trace
 from stepmail_common import event_types, telemetry
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.outbox import OutboxEvent
-from stepmail_common.outbox import add as add_to_outbox
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import engine, metrics, repository
 from stepmail_orchestrator.conditions import matches
-from stepmail_orchestrator.repository import Enrollment
+from stepmail_orchestrator.repository import Enrollment, PendingWrites
 from stepmail_orchestrator.scenarios import Branch, End, Enter, Notify, Scenario, Send, Update
 
 if TYPE_CHECKING:
@@ -66,6 +65,7 @@ class Progress:
         base: datetime | None = None,
         *,
         responding: bool = True,
+        writes: PendingWrites | None = None,
     ) -> bool:
         """Enroll if the entry rule and audience allow; True when an enrollment was made.
 
@@ -96,8 +96,10 @@ class Progress:
             return True
         enrollment = await repository.get_enrollment(conn, enrollment_id)
         assert enrollment is not None
+        w = writes or PendingWrites()
         await self.run(
             conn,
+            w,
             enrollment,
             scenario,
             contact,
@@ -106,11 +108,14 @@ class Progress:
             act_first=False,
             responding=responding,
         )
+        if writes is None:
+            await w.flush(conn)
         return True
 
     async def run(
         self,
         conn: Connection,
+        w: PendingWrites,
         enrollment: Enrollment,
         scenario: Scenario,
         contact: dict[str, Any],
@@ -126,7 +131,7 @@ class Progress:
         tz = engine.zone(contact.get("time_zone"))
         for _ in range(MAX_ACTIONS_PER_PASS):
             if index >= len(scenario.steps):
-                await repository.finish(conn, enrollment.id, "completed", now)
+                w.finish(enrollment.id, "completed", now)
                 metrics.COMPLETED.labels(scenario.id).inc()
                 return
             step = scenario.steps[index]
@@ -138,7 +143,7 @@ class Progress:
                     index += 1
                     continue
                 if wake > now:
-                    await repository.schedule(conn, enrollment.id, index, wake)
+                    w.schedule(enrollment.id, index, wake)
                     return
                 base = wake
             act_first = False
@@ -146,14 +151,15 @@ class Progress:
             if isinstance(action, Send):
                 answers_action = responding and base == started
                 outcome = await self._send(
-                    conn, enrollment, scenario, index, contact, now, hold=not answers_action
+                    w, enrollment, scenario, index, contact, now, hold=not answers_action
                 )
                 if outcome == "exited":
                     return
                 if isinstance(outcome, datetime):
-                    await repository.schedule(conn, enrollment.id, index, outcome)
+                    w.schedule(enrollment.id, index, outcome)
                     return
             elif isinstance(action, Branch):
+                await w.flush(conn)
                 facts = await repository.message_facts(conn, enrollment.id)
                 ctx = context(contact, enrollment.trigger_event, facts)
                 target = next((goto for cond, goto in action.cases if matches(cond, ctx)), None)
@@ -162,6 +168,7 @@ class Progress:
                     index = scenario.step_index(target)
                     continue
             elif isinstance(action, Update):
+                await w.flush(conn)
                 await repository.update_profile(
                     conn, contact["id"], action.add_tags, action.remove_tags, action.set
                 )
@@ -174,17 +181,17 @@ class Progress:
                     now,
                 )
             elif isinstance(action, Enter):
-                await self._enter(conn, action.scenario, contact, enrollment, now)
+                await self._enter(conn, w, action.scenario, contact, enrollment, now)
             elif isinstance(action, End):
-                await repository.finish(conn, enrollment.id, "completed", now)
+                w.finish(enrollment.id, "completed", now)
                 metrics.COMPLETED.labels(scenario.id).inc()
                 return
             index += 1
-        await repository.schedule(conn, enrollment.id, index, now)
+        w.schedule(enrollment.id, index, now)
 
     async def _send(
         self,
-        conn: Connection,
+        w: PendingWrites,
         enrollment: Enrollment,
         scenario: Scenario,
         index: int,
@@ -198,7 +205,7 @@ class Progress:
         step = scenario.steps[index]
         assert isinstance(step.action, Send)
         if not matches(scenario.audience, context(contact, enrollment.trigger_event)):
-            await repository.finish(conn, enrollment.id, "exited", now, "left_audience")
+            w.finish(enrollment.id, "exited", now, "left_audience")
             metrics.EXITED.labels(scenario.id, "left_audience").inc()
             return "exited"
         if not contact.get("email"):
@@ -250,14 +257,10 @@ class Progress:
         parent = telemetry.context_from_carrier(enrollment.trigger_event.get("trace"))
         with tracer.start_as_current_span("fire step", context=parent):
             carrier = telemetry.trace_carrier()
-        await add_to_outbox(
-            conn, [OutboxEvent(self._topics.steps_due, contact["id"], event, carrier)]
-        )
-        await repository.insert_message(
-            conn, mid, enrollment, step.id, variant.name, scenario.mail_kind, now
-        )
+        w.outbox.append(OutboxEvent(self._topics.steps_due, contact["id"], event, carrier))
+        w.message(mid, enrollment, step.id, variant.name, scenario.mail_kind, now)
         if scenario.mail_kind == "marketing":
-            await repository.touch_marketing(conn, contact["id"], now)
+            w.touch_marketing(contact["id"], now)
             contact["last_marketing_at"] = now
         metrics.STEPS_DUE.labels(scenario.id).inc()
         return "sent"
@@ -265,6 +268,7 @@ class Progress:
     async def _enter(
         self,
         conn: Connection,
+        w: PendingWrites,
         scenario_id: str,
         contact: dict[str, Any],
         source: Enrollment,
@@ -273,28 +277,30 @@ class Progress:
         for candidate, version in await repository.latest_active(conn):
             if candidate.id == scenario_id:
                 trigger = {**source.trigger_event, "entered_from": source.scenario_id}
-                await self.enroll(conn, candidate, version, contact, trigger, now, responding=False)
+                await self.enroll(
+                    conn, candidate, version, contact, trigger, now, responding=False, writes=w
+                )
                 return
         metrics.STEPS_SKIPPED.labels(source.scenario_id, "enter_inactive").inc()
 
     async def fire_due(self, conn: Connection, now: datetime, limit: int) -> int:
         """One timer pass in the caller's transaction: act on every due enrollment."""
         due = await repository.claim_due(conn, now, limit)
-        for enrollment in due:
+        if not due:
+            return 0
+        statuses = await repository.scenario_statuses(conn)
+        w = PendingWrites()
+        for enrollment, contact in due:
             assert enrollment.next_due_at is not None
             metrics.TIMER_LAG.observe(max(0.0, (now - enrollment.next_due_at).total_seconds()))
             scenario = await repository.scenario_of(conn, enrollment)
-            if await repository.scenario_status(conn, scenario.id) == "paused":
+            if statuses.get(scenario.id) == "paused":
                 # Paused: the step waits and is looked at again later, nothing is lost.
-                await repository.schedule(
-                    conn, enrollment.id, enrollment.step_index, now + PAUSE_RECHECK
-                )
-                continue
-            contact = await repository.get_contact(conn, enrollment.contact_id)
-            if contact is None:
+                w.schedule(enrollment.id, enrollment.step_index, now + PAUSE_RECHECK)
                 continue
             await self.run(
                 conn,
+                w,
                 enrollment,
                 scenario,
                 contact,
@@ -302,6 +308,7 @@ class Progress:
                 base=enrollment.next_due_at,
                 act_first=True,
             )
+        await w.flush(conn)
         return len(due)
 
     async def exit_on_event(
@@ -313,6 +320,7 @@ class Progress:
         now: datetime,
     ) -> None:
         """End the contact's enrollments whose scenario exits on this event."""
+        w = PendingWrites()
         for enrollment in await repository.active_enrollments(conn, contact["id"]):
             scenario = await repository.scenario_of(conn, enrollment)
             trigger_props = enrollment.trigger_event.get("properties", {})
@@ -323,32 +331,35 @@ class Progress:
                     continue
                 if any(properties.get(k) != trigger_props.get(k) for k in rule.same):
                     continue
-                await repository.finish(
-                    conn, enrollment.id, "exited", now, f"event:{name}", converted=rule.conversion
-                )
+                w.finish(enrollment.id, "exited", now, f"event:{name}", converted=rule.conversion)
                 metrics.EXITED.labels(scenario.id, "event").inc()
                 if rule.conversion:
                     metrics.CONVERTED.labels(scenario.id).inc()
                 break
+        await w.flush(conn)
 
     async def exit_kind(
         self, conn: Connection, contact_id: str, mail_kind: str, now: datetime
     ) -> None:
         """Opt-out is final: end every enrollment of that kind of mail."""
+        w = PendingWrites()
         for enrollment in await repository.active_enrollments(conn, contact_id):
             scenario = await repository.scenario_of(conn, enrollment)
             if scenario.mail_kind == mail_kind:
-                await repository.finish(conn, enrollment.id, "exited", now, "opted_out")
+                w.finish(enrollment.id, "exited", now, "opted_out")
                 metrics.EXITED.labels(scenario.id, "opted_out").inc()
+        await w.flush(conn)
 
     async def exit_left_audience(
         self, conn: Connection, contact: dict[str, Any], now: datetime
     ) -> None:
+        w = PendingWrites()
         for enrollment in await repository.active_enrollments(conn, contact["id"]):
             scenario = await repository.scenario_of(conn, enrollment)
             if not matches(scenario.audience, context(contact, enrollment.trigger_event)):
-                await repository.finish(conn, enrollment.id, "exited", now, "left_audience")
+                w.finish(enrollment.id, "exited", now, "left_audience")
                 metrics.EXITED.labels(scenario.id, "left_audience").inc()
+        await w.flush(conn)
 
 
 PAUSE_RECHECK = timedelta(minutes=1)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
+from stepmail_common.outbox import OutboxEvent
+from stepmail_common.outbox import add as add_to_outbox
 from stepmail_orchestrator.scenarios import Scenario, parse_scenario
 
 if TYPE_CHECKING:
@@ -128,13 +130,6 @@ async def latest_active(conn: Connection) -> list[tuple[Scenario, int]]:
     ]
 
 
-async def scenario_status(conn: Connection, scenario_id: str) -> str | None:
-    status: str | None = await conn.fetchval(
-        "SELECT status FROM scenario_status WHERE id = $1", scenario_id
-    )
-    return status
-
-
 async def set_scenario_status(conn: Connection, scenario_id: str, status: str) -> bool:
     result = await conn.execute(
         "UPDATE scenario_status SET status = $2, updated_at = now() WHERE id = $1",
@@ -225,10 +220,6 @@ async def update_profile(
         list(remove_tags),
         attributes,
     )
-
-
-async def touch_marketing(conn: Connection, contact_id: str, at: datetime) -> None:
-    await conn.execute("UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", contact_id, at)
 
 
 async def record_activity(
@@ -336,41 +327,18 @@ async def get_enrollment(conn: Connection, enrollment_id: uuid.UUID) -> Enrollme
     return None if row is None else _enrollment(row)
 
 
-async def schedule(
-    conn: Connection, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime
-) -> None:
-    await conn.execute(
-        "UPDATE enrollments SET step_index = $2, next_due_at = $3 WHERE id = $1",
-        enrollment_id,
-        step_index,
-        next_due_at,
-    )
+_CONTACT_AS = ", ".join(f"c.{c} AS contact_{c}" for c in _CONTACT_COLUMNS.split(", "))
 
 
-async def finish(
-    conn: Connection,
-    enrollment_id: uuid.UUID,
-    status: str,
-    at: datetime,
-    reason: str | None = None,
-    converted: bool = False,
-) -> None:
-    await conn.execute(
-        "UPDATE enrollments SET status = $2, next_due_at = NULL, ended_at = $3,"
-        " exit_reason = $4, converted = $5 WHERE id = $1 AND status = 'active'",
-        enrollment_id,
-        status,
-        at,
-        reason,
-        converted,
-    )
-
-
-async def claim_due(conn: Connection, now: datetime, limit: int) -> list[Enrollment]:
-    """Lock up to ``limit`` due enrollments; other replicas skip them (SKIP LOCKED)."""
+async def claim_due(
+    conn: Connection, now: datetime, limit: int
+) -> list[tuple[Enrollment, dict[str, Any]]]:
+    """Lock up to ``limit`` due enrollments (other replicas skip them: SKIP LOCKED), each
+    with its contact, in one round trip."""
     rows = await conn.fetch(
         f"""
-        SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM}
+        SELECT {_ENROLLMENT_COLUMNS}, {_CONTACT_AS}
+        FROM {_ENROLLMENT_FROM} JOIN contacts c ON c.id = e.contact_id
         WHERE e.status = 'active' AND e.next_due_at <= $1
         ORDER BY e.next_due_at LIMIT $2
         FOR UPDATE OF e SKIP LOCKED
@@ -378,31 +346,95 @@ async def claim_due(conn: Connection, now: datetime, limit: int) -> list[Enrollm
         now,
         limit,
     )
-    return [_enrollment(r) for r in rows]
+    columns = _CONTACT_COLUMNS.split(", ")
+    return [(_enrollment(r), {c: r[f"contact_{c}"] for c in columns}) for r in rows]
 
 
-async def insert_message(
-    conn: Connection,
-    message_id: str,
-    enrollment: Enrollment,
-    step_id: str,
-    variant: str,
-    mail_kind: str,
-    at: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO messages (message_id, enrollment_id, scenario_id, step_id, variant,"
-        " contact_id, mail_kind, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT DO NOTHING",
-        message_id,
-        enrollment.id,
-        enrollment.scenario_id,
-        step_id,
-        variant,
-        enrollment.contact_id,
-        mail_kind,
-        at,
-    )
+async def scenario_statuses(conn: Connection) -> dict[str, str]:
+    return {
+        r["id"]: r["status"] for r in await conn.fetch("SELECT id, status FROM scenario_status")
+    }
+
+
+@dataclass
+class PendingWrites:
+    """State changes of one pass, written together: a few round trips instead of a few per
+    enrollment. Flushed before anything reads them back and at the end of the pass."""
+
+    outbox: list[OutboxEvent] = field(default_factory=list)
+    messages: list[tuple[Any, ...]] = field(default_factory=list)
+    schedules: list[tuple[Any, ...]] = field(default_factory=list)
+    finishes: list[tuple[Any, ...]] = field(default_factory=list)
+    touches: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def schedule(self, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime) -> None:
+        self.schedules.append((enrollment_id, step_index, next_due_at))
+
+    def finish(
+        self,
+        enrollment_id: uuid.UUID,
+        status: str,
+        at: datetime,
+        reason: str | None = None,
+        converted: bool = False,
+    ) -> None:
+        self.finishes.append((enrollment_id, status, at, reason, converted))
+
+    def message(
+        self,
+        message_id: str,
+        enrollment: Enrollment,
+        step_id: str,
+        variant: str,
+        mail_kind: str,
+        at: datetime,
+    ) -> None:
+        self.messages.append(
+            (
+                message_id,
+                enrollment.id,
+                enrollment.scenario_id,
+                step_id,
+                variant,
+                enrollment.contact_id,
+                mail_kind,
+                at,
+            )
+        )
+
+    def touch_marketing(self, contact_id: str, at: datetime) -> None:
+        self.touches.append((contact_id, at))
+
+    async def flush(self, conn: Connection) -> None:
+        if self.outbox:
+            await add_to_outbox(conn, self.outbox)
+        if self.messages:
+            await conn.executemany(
+                "INSERT INTO messages (message_id, enrollment_id, scenario_id, step_id, variant,"
+                " contact_id, mail_kind, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT DO NOTHING",
+                self.messages,
+            )
+        if self.touches:
+            await conn.executemany(
+                "UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", self.touches
+            )
+        if self.schedules:
+            await conn.executemany(
+                "UPDATE enrollments SET step_index = $2, next_due_at = $3 WHERE id = $1",
+                self.schedules,
+            )
+        if self.finishes:
+            await conn.executemany(
+                "UPDATE enrollments SET status = $2, next_due_at = NULL, ended_at = $3,"
+                " exit_reason = $4, converted = $5 WHERE id = $1 AND status = 'active'",
+                self.finishes,
+            )
+        self.outbox.clear()
+        self.messages.clear()
+        self.touches.clear()
+        self.schedules.clear()
+        self.finishes.clear()
 
 
 async def message_facts(conn: Connection, enrollment_id: uuid.UUID) -> dict[str, dict[str, Any]]:

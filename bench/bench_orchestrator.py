@@ -1,0 +1,150 @@
+"""Orchestrator timers: 100,000 active enrollments with due times spread over 30 days.
+
+The clock is moved through the 30 days in one-day steps; each step drains what became due
+with the real timer pass (claim with SKIP LOCKED, act, outbox rows, all in Postgres).
+Measured: due steps handled per second, the relay's publishing rate to the broker, and the
+process's memory before and after (state lives in Postgres, so memory must stay flat).
+Starts its own Postgres and broker unless ``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``.
+"""
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from stepmail_common.clock import ManualClock
+from stepmail_common.db import create_pool, migrate
+from stepmail_common.kafka import EventProducer, ensure_topics
+from stepmail_common.outbox import OutboxRelay
+from stepmail_common.topics import Topics
+from stepmail_devstack.broker import EmbeddedBroker
+from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
+from stepmail_devstack.processes import free_port
+from stepmail_orchestrator import repository
+from stepmail_orchestrator.engine import ContactRules
+from stepmail_orchestrator.progress import Progress
+from stepmail_orchestrator.scenarios import parse_scenario
+from stepmail_orchestrator.timers import TimerLoop
+
+ENROLLMENTS = int(os.environ.get("BENCH_ENROLLMENTS", "100000"))
+START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
+SCENARIO = {
+    "id": "bench",
+    "mail_kind": "transactional",
+    "trigger": {"event": "signup"},
+    "steps": [{"id": "one", "send": {"template": "welcome"}}],
+}
+
+
+def _rss_mib() -> float:
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+async def _seed(pool: Any) -> None:
+    async with pool.acquire() as conn:
+        await repository.save_scenario(conn, parse_scenario(SCENARIO))
+        await conn.execute(
+            """
+            INSERT INTO contacts (id, email, name, locale, time_zone)
+            SELECT 'c-' || n, 'c' || n || '@example.com', '顧客 ' || n, 'ja-JP', 'Asia/Tokyo'
+            FROM generate_series(1, $1) n
+            """,
+            ENROLLMENTS,
+        )
+        await conn.execute(
+            """
+            INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id, trigger_event,
+                                     step_index, status, next_due_at, created_at)
+            SELECT gen_random_uuid(), 'bench', 1, 'c-' || n,
+                   '{"name": "signup", "properties": {}}'::jsonb, 0, 'active',
+                   $2::timestamptz + (random() * interval '30 days'), $2::timestamptz
+            FROM generate_series(1, $1) n
+            """,
+            ENROLLMENTS,
+            START,
+        )
+        await conn.execute("ANALYZE")
+
+
+async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
+    pool = await create_pool(dsn, "orchestrator", max_size=4)
+    try:
+        await migrate(pool, "orchestrator", "stepmail_orchestrator")
+        print(f"seeding {ENROLLMENTS:,} enrollments over 30 days ...", flush=True)
+        await _seed(pool)
+        topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
+        clock = ManualClock(START)
+        timer = TimerLoop(
+            pool, Progress(topics, ContactRules()), clock, asyncio.Event(), interval=1, batch=1000
+        )
+        rss_before = _rss_mib()
+        fired = 0
+        busy = 0.0
+        for day in range(1, 31):
+            clock.set(START + timedelta(days=day))
+            started = time.perf_counter()
+            while n := await timer.fire_due():
+                fired += n
+            busy += time.perf_counter() - started
+            if day % 5 == 0:
+                print(
+                    f"  day {day:2}: {fired:,} steps fired, {fired / busy:,.0f}/s, "
+                    f"RSS {_rss_mib():.0f} MiB",
+                    flush=True,
+                )
+        rss_after = _rss_mib()
+        await ensure_topics(bootstrap, [topics.steps_due], 4)
+        async with EventProducer(bootstrap, "bench", enable_idempotence=False) as producer:
+            relay = OutboxRelay(pool, producer, interval=1, batch=1000)
+            pending = await pool.fetchval("SELECT count(*) FROM outbox")
+            started = time.perf_counter()
+            while await relay.run_once():
+                pass
+            await relay.run_once()
+            relay_seconds = time.perf_counter() - started
+    finally:
+        await pool.close()
+    return {
+        "enrollments": ENROLLMENTS,
+        "steps_fired": fired,
+        "timer_steps_per_second": round(fired / busy),
+        "relay_events_per_second": round(pending / relay_seconds),
+        "rss_mib_before": round(rss_before, 1),
+        "rss_mib_after": round(rss_after, 1),
+        "goal_steps_per_second": 5000,
+    }
+
+
+def main() -> dict[str, Any]:
+    with ExitStack() as stack:
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            scratch = Path(tempfile.mkdtemp(prefix="stepmail-bench-pg-"))
+            scratch.chmod(0o755)
+            stack.callback(shutil.rmtree, scratch, True)
+            server = EmbeddedPostgres(scratch / "data", free_port(), fast=True)
+            server.start()
+            stack.callback(server.stop)
+            dsn = server.dsn()
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        ensure_database(dsn, name)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            broker = EmbeddedBroker(free_port())
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        figures = asyncio.run(_run(dsn_with_database(dsn, name), bootstrap))
+    print()
+    print(f"  timer: {figures['timer_steps_per_second']:,} due steps/s (goal 5,000)")
+    print(f"  relay: {figures['relay_events_per_second']:,} steps-due events/s to the broker")
+    print(f"  memory: {figures['rss_mib_before']} MiB -> {figures['rss_mib_after']} MiB")
+    return figures
