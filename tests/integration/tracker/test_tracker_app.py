@@ -36,13 +36,14 @@ def _ref(contact_id: str) -> MailRef:
 
 
 @pytest.fixture
-async def tracker(kafka_bootstrap: str) -> AsyncIterator[Tracker]:
+async def tracker(kafka_bootstrap: str, database_url: str) -> AsyncIterator[Tracker]:
     prefix = f"t{uuid.uuid4().hex[:10]}."
     settings = TrackerSettings(
         kafka_bootstrap_servers=kafka_bootstrap,
         kafka_topic_prefix=prefix,
         kafka_topic_partitions=1,
         signing_keys=KEYS,
+        database_url=database_url,
     )
     app = create_app(settings)
     async with (

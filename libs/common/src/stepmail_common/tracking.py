@@ -84,3 +84,20 @@ class UnsubscribeToken:
         if p.get("k") != "u" or p.get("mk") not in ("marketing", "transactional"):
             raise InvalidTokenError("not an unsubscribe token")
         return cls(MailRef._unpack(p), p["mk"])
+
+
+@dataclass(frozen=True, slots=True)
+class OpenToken:
+    """The open pixel's token: only the mail it belongs to."""
+
+    mail: MailRef
+
+    def encode(self, signer: Signer) -> str:
+        return signer.sign({"k": "o", **self.mail._pack()})
+
+    @classmethod
+    def decode(cls, signer: Signer, token: str) -> "OpenToken":
+        p = signer.verify(token)
+        if p.get("k") != "o":
+            raise InvalidTokenError("not an open token")
+        return cls(MailRef._unpack(p))

@@ -1,5 +1,7 @@
 """The pages a recipient sees: Japanese first, English below."""
 
+from html import escape
+
 from fastapi.responses import HTMLResponse
 
 _STYLE = (
@@ -10,6 +12,7 @@ _STYLE = (
     "section[lang=en]{border-top:1px solid #ddd;margin-top:24px;color:#555}"
     "button{font-size:16px;padding:10px 24px;border:0;border-radius:4px;"
     "background:#d9480f;color:#fff;cursor:pointer}"
+    "button.secondary{background:#555}label{font-size:15px}"
 )
 # The token is in the URL: keep it out of referrers, caches and search engines.
 HEADERS = {
@@ -35,22 +38,86 @@ def _page(title: str, japanese: str, english: str, status: int) -> HTMLResponse:
     return HTMLResponse(body, status_code=status, headers=HEADERS)
 
 
-def confirm_page() -> HTMLResponse:
-    """Asks before unsubscribing: link scanners follow GETs, people press the button."""
+def _topic_boxes(topics: dict[str, tuple[str, str]], opted_out: tuple[str, ...]) -> str:
+    boxes = "".join(
+        f'<label><input type="checkbox" name="topic" value="{escape(key)}"'
+        f"{'' if key in opted_out else ' checked'}> {escape(ja)} / {escape(en)}</label><br>"
+        for key, (ja, en) in topics.items()
+    )
+    return (
+        '<form method="post"><input type="hidden" name="action" value="topics">'
+        f"<p>受け取るメール / Emails you receive:</p><p>{boxes}</p>"
+        '<button type="submit" class="secondary">設定を保存 / Save preferences</button></form>'
+    )
+
+
+def confirm_page(
+    topics: dict[str, tuple[str, str]] | None = None, opted_out: tuple[str, ...] = ()
+) -> HTMLResponse:
+    """Asks before unsubscribing: link scanners follow GETs, people press the button.
+
+    With ``topics`` (marketing mail) it is also the preference centre: keep some topics,
+    drop others, or stop all of this kind.
+    """
     form = (
         '<form method="post">'
-        '<input type="hidden" name="confirm" value="page">'
+        '<input type="hidden" name="action" value="unsubscribe">'
         '<button type="submit">配信を停止する / Unsubscribe</button></form>'
     )
+    choice = _topic_boxes(topics, opted_out) if topics else ""
     return _page(
         "配信停止の確認 / Unsubscribe",
         "<h1>メール配信停止の確認</h1>"
         "<p>今後このメールの受信を希望されない場合は、下のボタンを押してください。"
         "ボタンを押すまで配信停止は完了しません。</p>"
-        f"{form}",
+        f"{form}"
+        + (
+            "<h2>配信設定</h2><p>一部のお知らせだけを停止することもできます。</p>" + choice
+            if choice
+            else ""
+        ),
         "<h2>Unsubscribe</h2>"
         "<p>To stop receiving these emails, press the button above. "
-        "Nothing changes until you press it.</p>",
+        "Nothing changes until you press it."
+        + (" You can also choose which topics you still receive.</p>" if choice else "</p>"),
+        200,
+    )
+
+
+def unsubscribed_page(status: int = 200) -> HTMLResponse:
+    """The state after an unsubscribe, with the way back (re-subscribe) on the same page."""
+    form = (
+        '<form method="post"><input type="hidden" name="action" value="resubscribe">'
+        '<button type="submit" class="secondary">配信を再開する / Resubscribe</button></form>'
+    )
+    return _page(
+        "配信停止中 / Unsubscribed",
+        "<h1>配信停止のお手続きが完了しました</h1>"
+        "<p>今後、この種類のメールはお送りしません。"
+        "すでに送信処理に入っていたメールが届く場合がありますが、ご容赦ください。</p>"
+        "<p>配信の再開をご希望の場合は、下のボタンを押してください。</p>"
+        f"{form}",
+        "<h2>You have been unsubscribed</h2>"
+        "<p>You will not receive this kind of email from us any more. "
+        "To receive them again, press the button above.</p>",
+        status,
+    )
+
+
+def saved_page() -> HTMLResponse:
+    return _page(
+        "配信設定を保存しました / Preferences saved",
+        "<h1>配信設定を保存しました</h1><p>変更はただちに反映されます。</p>",
+        "<h2>Your preferences have been saved</h2><p>The change takes effect at once.</p>",
+        200,
+    )
+
+
+def resubscribed_page() -> HTMLResponse:
+    return _page(
+        "配信を再開しました / Resubscribed",
+        "<h1>配信を再開しました</h1><p>今後もメールをお送りします。ありがとうございます。</p>",
+        "<h2>You are subscribed again</h2><p>Thank you: you will receive our emails again.</p>",
         200,
     )
 

@@ -24,20 +24,24 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
     return fields
 
 
+def form_fields(content_type: str | None, body: bytes) -> dict[str, list[str]]:
+    """The fields of a urlencoded or multipart POST body (unreadable bodies give none)."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    try:
+        if kind == "multipart/form-data":
+            return {k: [v] for k, v in _multipart_fields(content_type or "", body).items()}
+        parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    except (ValueError, LookupError):
+        return {}
+    return {k: [v.strip() for v in values] for k, values in parsed.items()}
+
+
 def method_of(content_type: str | None, body: bytes) -> str:
     """``one-click`` when the body says ``List-Unsubscribe=One-Click``, else ``page``.
 
-    Any POST with a valid token unsubscribes: scanners do not POST, and refusing a
-    malformed one-click body would keep sending mail to someone who asked to stop.
+    Any POST with a valid token unsubscribes (unless the page asked for something else):
+    scanners do not POST, and refusing a malformed one-click body would keep sending
+    mail to someone who asked to stop.
     """
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    fields: dict[str, str] = {}
-    try:
-        if kind == "multipart/form-data":
-            fields = _multipart_fields(content_type or "", body)
-        else:
-            parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-            fields = {k: v[0].strip() for k, v in parsed.items() if v}
-    except (ValueError, LookupError):
-        fields = {}
-    return "one-click" if fields.get(ONE_CLICK_FIELD) == ONE_CLICK_VALUE else "page"
+    fields = form_fields(content_type, body)
+    return "one-click" if fields.get(ONE_CLICK_FIELD, [""])[0] == ONE_CLICK_VALUE else "page"
