@@ -151,7 +151,7 @@ class Progress:
             if isinstance(action, Send):
                 answers_action = responding and base == started
                 outcome = await self._send(
-                    w, enrollment, scenario, index, contact, now, hold=not answers_action
+                    w, enrollment, scenario, index, contact, now, base, hold=not answers_action
                 )
                 if outcome == "exited":
                     return
@@ -197,11 +197,17 @@ class Progress:
         index: int,
         contact: dict[str, Any],
         now: datetime,
+        due: datetime,
         *,
         hold: bool = True,
     ) -> datetime | str:
         """Emit the step's mail (``"sent"``), skip it (``"skipped"``, recorded), end the
-        enrollment (``"exited"``), or say until when it must wait (a datetime)."""
+        enrollment (``"exited"``), or say until when it must wait (a datetime).
+
+        The rules are applied at the step's due time, not at the time the timer ran, so a
+        late pass holds (or does not hold) exactly as a punctual one would have; the mail's
+        ``due_at`` is that (possibly held) due time.
+        """
         step = scenario.steps[index]
         assert isinstance(step.action, Send)
         if not matches(scenario.audience, context(contact, enrollment.trigger_event)):
@@ -219,11 +225,13 @@ class Progress:
                 self._rules,
                 engine.zone(contact.get("time_zone")),
                 contact.get("last_marketing_at"),
-                now,
+                due,
             )
             if held is not None:
                 metrics.STEPS_HELD.labels(scenario.id).inc()
-                return held
+                if held > now:
+                    return held
+                due = held
         variant = engine.choose_variant(step.action.variants, scenario.id, step.id, contact["id"])
         mid = message_id(str(enrollment.id), index)
         event = CloudEvent(
@@ -250,7 +258,7 @@ class Progress:
                     "name": enrollment.trigger_event.get("name", ""),
                     "properties": enrollment.trigger_event.get("properties", {}),
                 },
-                "due_at": now.isoformat(),
+                "due_at": due.isoformat(),
             },
         )
         # The mail continues the trace of the event that enrolled the contact.
@@ -260,8 +268,8 @@ class Progress:
         w.outbox.append(OutboxEvent(self._topics.steps_due, contact["id"], event, carrier))
         w.message(mid, enrollment, step.id, variant.name, scenario.mail_kind, now)
         if scenario.mail_kind == "marketing":
-            w.touch_marketing(contact["id"], now)
-            contact["last_marketing_at"] = now
+            w.touch_marketing(contact["id"], due)
+            contact["last_marketing_at"] = due
         metrics.STEPS_DUE.labels(scenario.id).inc()
         return "sent"
 
