@@ -41,7 +41,7 @@ unit: install ## Unit tests only (no processes started)
 	$(VENV)/bin/pytest -q tests/unit
 
 .PHONY: bench
-bench: install ## Benchmarks (all, or BENCH="ingest renderer"); figures in bench-results/
+bench: install debian-tools ## Benchmarks (all, or BENCH="ingest renderer"); figures in bench-results/
 	$(VENV)/bin/python -m bench $(BENCH)
 
 .PHONY: fmt
@@ -62,3 +62,13 @@ lock: $(UV) ## Re-resolve uv.lock after a dependency change
 .PHONY: clean
 clean: ## Remove the virtualenvs and local state
 	rm -rf $(VENV) $(TOOLS) .devstack .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: debian-tools
+debian-tools: ## Install Postfix's smtp-sink/smtp-source (Debian, as root) when missing
+	@if command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ]; then \
+		echo "debian-tools: smtp-sink and smtp-source already present"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "debian-tools: not root or no apt-get; install Debian's postfix for smtp-sink/smtp-source (benchmarks fall back to aiosmtpd)"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; \
+	fi

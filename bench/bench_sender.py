@@ -1,0 +1,360 @@
+# ruff: noqa: RUF001 - full-width punctuation is what Japanese mail is written with
+"""Sender throughput: mails/s accepted by a local SMTP sink, against ``smtp-source``'s maximum.
+
+Starts its own Postgres and broker (or uses ``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_SERVERS``)
+and a sink: Postfix's ``smtp-sink`` when installed (``make debian-tools``), else a minimal
+aiosmtpd sink in its own process. For each run a fresh topic and database are filled
+with ``BENCH_SENDER_MAILS`` (default 20,000) realistic Japanese mails of about 10 KB
+(multipart/alternative, base64 UTF-8 text and HTML, List-Unsubscribe headers), then the
+sender processes start and drain them. Throughput comes from the ledger's own
+timestamps: ``sustained`` is the rate between the 10th and 90th percentile of
+``finished_at`` (start-up and the group's first rebalance left out), ``overall`` is all
+mails over first claim to last outcome. ``smtp-source`` (Postfix) drives the same sink at
+its maximum (32 sessions, persistent connections) in the same run, for the ratio.
+"""
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from stepmail_common import event_types
+from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.kafka import EventProducer, Outgoing, ensure_topics
+from stepmail_common.topics import Topics
+from stepmail_devstack.broker import EmbeddedBroker
+from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
+from stepmail_devstack.processes import ManagedProcess, free_port
+from stepmail_devstack.services import ServiceProcess
+
+PARTITIONS = 8
+WINDOW = 128
+POOL = 16
+GOALS = {"one": 3000, "two": 5000, "dkim": 1000}
+
+AIOSMTPD_SINK = textwrap.dedent(
+    """
+    import asyncio, sys
+    from aiosmtpd.smtp import SMTP
+
+    class Sink:
+        async def handle_DATA(self, server, session, envelope):
+            return "250 2.0.0 Ok: queued"
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(Sink(), hostname="sink", data_size_limit=0), "127.0.0.1", int(sys.argv[1])
+        )
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _postfix_tool(name: str) -> str | None:
+    return shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+
+
+def _mime_template() -> str:
+    """A realistic Japanese marketing mail, about 10 KB, with placeholders in ASCII headers."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = "ステップメール デモ株式会社 <news@example.com>"
+    msg["To"] = "{rcpt}"
+    msg["Subject"] = "【ご案内】春の新生活応援キャンペーン：全品 10%OFF（3月31日まで）"
+    msg["Date"] = "Mon, 23 Mar 2026 10:00:00 +0900"
+    msg["Message-ID"] = "<{mid}@example.com>"
+    msg["X-Stepmail-Message-Id"] = "{mid}"
+    msg["List-Unsubscribe"] = "<https://t.example.com/u/{mid}>, <mailto:unsub@example.com>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    paragraph = (
+        "山田 太郎 様\n\nいつもステップメール デモストアをご利用いただき、"
+        "誠にありがとうございます。"
+        "新生活を迎える皆さまを応援するため、3月31日（火）まで全品 10%OFF のキャンペーンを"
+        "実施しております。合計 ¥5,000 以上のご注文で送料無料、ポイントも 2 倍です。\n"
+    )
+    text = paragraph * 6 + "\n配信停止はこちら: https://t.example.com/u/{mid}\n"
+    rows = "".join(f"<tr><td>商品 {i}</td><td>¥{1980 + i * 100:,}</td></tr>" for i in range(30))
+    html = (
+        '<!doctype html><html lang="ja"><body><div style="display:none">春の新生活応援</div>'
+        f"<p>{paragraph * 4}</p><table>{rows}</table>"
+        '<p><a href="https://t.example.com/u/{mid}">配信停止</a></p></body></html>'
+    )
+    msg.set_content(text, cte="base64")
+    msg.add_alternative(html, subtype="html", cte="base64")
+    return msg.as_string()
+
+
+def _events(prefix: str, count: int) -> list[Outgoing]:
+    template = _mime_template()
+    topic = Topics(prefix).mail_rendered
+    contacts = max(1, count // 4)
+    items = []
+    for i in range(count):
+        contact_id = f"c-{i % contacts:06d}"
+        message_id = derived_id("bench", prefix, str(i))
+        rcpt = f"u{i % contacts}@example.jp"
+        data: dict[str, Any] = {
+            "message_id": message_id,
+            "enrollment_id": f"enr-{i % contacts}",
+            "scenario": {"id": "spring-campaign", "version": 1},
+            "step": {"id": f"s{i // contacts}", "index": i // contacts},
+            "contact_id": contact_id,
+            "mail_kind": "marketing",
+            "envelope": {"mail_from": "bounce@example.com", "rcpt_to": rcpt},
+            "mime": template.replace("{mid}", message_id).replace("{rcpt}", rcpt),
+            "rendered_at": datetime.now(UTC).isoformat(),
+        }
+        event = CloudEvent(
+            type=event_types.MAIL_RENDERED,
+            source="urn:stepmail:renderer",
+            subject=contact_id,
+            data=data,
+            id=derived_id("rendered", message_id),
+        )
+        items.append(Outgoing(topic, event, contact_id))
+    return items
+
+
+async def _produce(bootstrap: str, items: list[Outgoing]) -> None:
+    await ensure_topics(bootstrap, [items[0].topic], PARTITIONS)
+    async with EventProducer(bootstrap, "bench-sender", enable_idempotence=False) as producer:
+        for start in range(0, len(items), 500):
+            await producer.publish_many(items[start : start + 500])
+
+
+async def _ledger(database_url: str) -> tuple[int, list[float], float | None]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('sender.deliveries') IS NOT NULL"):
+            return 0, [], None
+        done = await conn.fetch(
+            "SELECT extract(epoch FROM finished_at)::float8 AS t FROM sender.deliveries"
+            " WHERE state = 'sent' ORDER BY finished_at"
+        )
+        first = await conn.fetchval(
+            "SELECT extract(epoch FROM min(claimed_at))::float8 FROM sender.deliveries"
+        )
+        return len(done), [r["t"] for r in done], first
+    finally:
+        await conn.close()
+
+
+def _run_sender(
+    name: str,
+    processes: int,
+    count: int,
+    database_url: str,
+    bootstrap: str,
+    smtp_url: str,
+    workdir: Path,
+    extra: dict[str, str],
+) -> dict[str, Any]:
+    prefix = f"bs{uuid.uuid4().hex[:6]}."
+    db_name = f"bench_sender_{name}_{uuid.uuid4().hex[:6]}"
+    ensure_database(database_url, db_name)
+    db_url = dsn_with_database(database_url, db_name)
+    print(f"[{name}] producing {count:,} mails ...", flush=True)
+    items = _events(prefix, count)
+    size = sum(len(i.event.data["mime"]) for i in items) / len(items)
+    asyncio.run(_produce(bootstrap, items))
+    del items
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)},
+        "DATABASE_URL": db_url,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPIC_PREFIX": prefix,
+        "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+        "KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "STEPMAIL_ENV": "development",
+        "LOG_LEVEL": "WARNING",
+        "SMTP_URL": smtp_url,
+        "SMTP_POOL_SIZE": str(POOL),
+        "SENDER_WINDOW": str(WINDOW),
+        "SENDER_BATCH_MAX": "1000",
+        "SENDER_DKIM_SIGN": "false",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+    senders = []
+    with ExitStack() as stack:
+        print(f"[{name}] {processes} sender process(es) draining ...", flush=True)
+        for n in range(processes):
+            port = free_port()
+            argv = None
+            if os.environ.get("BENCH_SENDER_PROFILE"):
+                # cProfile of the event loop's thread, written when the process stops.
+                out = f"{os.environ['BENCH_SENDER_PROFILE']}.{name}{n}"
+                argv = [sys.executable, "-m", "cProfile", "-o", out, "-m", "stepmail_sender"]
+            sender = ServiceProcess(
+                "sender",
+                port,
+                {**env, "HTTP_PORT": str(port)},
+                argv=argv,
+                log_path=workdir / f"{name}{n}.log",
+            )
+            sender.start()
+            stack.callback(sender.terminate, 15)
+            senders.append(sender)
+        deadline = time.monotonic() + max(120.0, count / 100)
+        while True:
+            sent, times, first = asyncio.run(_ledger(db_url))
+            if sent >= count:
+                break
+            for sender in senders:
+                sender.ensure_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"[{name}] only {sent} of {count} sent before the deadline")
+            time.sleep(1.0)
+    lo, hi = times[int(0.1 * count)], times[int(0.9 * count) - 1]
+    sustained = 0.8 * count / max(hi - lo, 1e-6)
+    overall = count / max(times[-1] - (first or times[0]), 1e-6)
+    print(f"[{name}] sustained {sustained:,.0f}/s, overall {overall:,.0f}/s", flush=True)
+    return {
+        "processes": processes,
+        "mails": count,
+        "mean_mime_bytes": round(size),
+        "sustained_per_second": round(sustained),
+        "overall_per_second": round(overall),
+    }
+
+
+def _smtp_source(tool: str, port: int, count: int) -> dict[str, Any]:
+    argv = [
+        tool,
+        "-s", "32",
+        "-m", str(count),
+        "-l", "10240",
+        "-d",
+        "-f", "bounce@example.com",
+        "-t", "u@example.jp",
+        f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=600)  # noqa: S603 - own argv
+    elapsed = time.perf_counter() - started
+    return {"mails": count, "per_second": round(count / elapsed)}
+
+
+def main() -> dict[str, Any]:
+    count = int(os.environ.get("BENCH_SENDER_MAILS", "20000"))
+    sink_tool = _postfix_tool("smtp-sink")
+    source_tool = _postfix_tool("smtp-source")
+    figures: dict[str, Any] = {
+        "machine": (
+            f"{os.cpu_count()} cores shared by Postgres, broker, sink, sender(s) and the"
+            " producer, and by other work running on the machine at the same time"
+        ),
+        "settings": {"SENDER_WINDOW": WINDOW, "SMTP_POOL_SIZE": POOL, "partitions": PARTITIONS},
+        "goals_per_second": GOALS,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-sender-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            pg = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
+            pg.start()
+            stack.callback(pg.stop)
+            database_url = pg.dsn()
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            broker = EmbeddedBroker(free_port())
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+
+        sink_port = free_port()
+        if sink_tool:
+            argv = [sink_tool, "-u", "nobody", f"127.0.0.1:{sink_port}", "1024"]
+            figures["sink"] = "postfix smtp-sink"
+        else:
+            script = workdir / "sink.py"
+            script.write_text(AIOSMTPD_SINK)
+            argv = [sys.executable, str(script), str(sink_port)]
+            figures["sink"] = "aiosmtpd (postfix not installed: run `make debian-tools` as root)"
+        sink = ManagedProcess("sink", argv, log_path=workdir / "sink.log")
+        sink.start()
+        stack.callback(sink.terminate, 5)
+        sink.wait_until(lambda: _port_open(sink_port), 15, "the sink to listen")
+        print(f"sink: {figures['sink']} on 127.0.0.1:{sink_port}", flush=True)
+
+        if source_tool:
+            print("smtp-source at its maximum against the same sink ...", flush=True)
+            figures["smtp_source"] = _smtp_source(source_tool, sink_port, 40000)
+            print(f"smtp-source: {figures['smtp_source']['per_second']:,}/s", flush=True)
+        else:
+            figures["smtp_source"] = "skipped: postfix's smtp-source is not installed"
+
+        smtp_url = f"smtp://127.0.0.1:{sink_port}"
+        key_path = workdir / "dkim.pem"
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        runs = {
+            "one": (1, {}),
+            "two": (2, {}),
+            "dkim": (
+                1,
+                {"SENDER_DKIM_SIGN": "true", "SENDER_DKIM_KEYS": f"example.com:bench:{key_path}"},
+            ),
+        }
+        chosen = os.environ.get("BENCH_SENDER_RUNS", "one two dkim").split()
+        for name in chosen:
+            processes, extra = runs[name]
+            figures[name] = _run_sender(
+                name, processes, count, database_url, bootstrap, smtp_url, workdir, extra
+            )
+
+    source = figures["smtp_source"]
+    print()
+    print(f"{'run':28} {'sustained/s':>12} {'overall/s':>10} {'goal/s':>8} {'vs smtp-source':>15}")
+    for name in chosen:
+        run = figures[name]
+        ratio = (
+            f"{run['sustained_per_second'] / source['per_second']:.1%}"
+            if isinstance(source, dict)
+            else "n/a"
+        )
+        run["ratio_to_smtp_source"] = ratio
+        label = {"one": "1 process", "two": "2 processes", "dkim": "1 process, DKIM RSA-2048"}
+        print(
+            f"{label[name]:28} {run['sustained_per_second']:>12,} {run['overall_per_second']:>10,}"
+            f" {GOALS[name]:>8,} {ratio:>15}"
+        )
+    if isinstance(source, dict):
+        print(f"{'smtp-source (postfix)':28} {source['per_second']:>12,}")
+    print(f"sink: {figures['sink']}")
+    return figures
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
