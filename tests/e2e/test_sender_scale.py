@@ -7,6 +7,7 @@ no more than the killed process had in flight (one window) — and none missing.
 
 import asyncio
 import re
+import signal
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stepmail_common import event_types
 from stepmail_common.events import CloudEvent, derived_id
@@ -50,11 +52,11 @@ def mime_template() -> str:
     return msg.as_string()
 
 
-def rendered_events(prefix: str, run: str) -> list[Outgoing]:
+def rendered_events(prefix: str, run: str, count: int = MAILS) -> list[Outgoing]:
     template = mime_template()
     topic = Topics(prefix).mail_rendered
     out: list[Outgoing] = []
-    for i in range(MAILS):
+    for i in range(count):
         contact_id = f"c-{run}-{i % CONTACTS:05d}"
         message_id = derived_id("scale", run, str(i))
         rcpt = f"u{i % CONTACTS}.{run}@example.jp"
@@ -121,6 +123,35 @@ def wait_for(check: Any, timeout: float, what: str, every: float = 0.05) -> Any:
         time.sleep(every)
 
 
+def sender_process(
+    n: int,
+    database_url: str,
+    bootstrap: str,
+    smtp_url: str,
+    prefix: str,
+    repo_root: Path,
+    logs: Path,
+) -> ServiceProcess:
+    port = free_port()
+    env = platform_env(
+        database_url,
+        bootstrap,
+        smtp_url,
+        {"sender": port},
+        repo_root,
+        {
+            "KAFKA_TOPIC_PREFIX": prefix,
+            "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+            "LOG_LEVEL": "INFO",
+            "SENDER_WINDOW": str(WINDOW),
+            "SMTP_POOL_SIZE": str(POOL),
+            "SENDER_AMBIGUOUS_POLICY": "hold",
+            "SENDER_RECOVERY_INTERVAL_SECONDS": "1",
+        },
+    )["sender"]
+    return ServiceProcess("sender", port, env, cwd=repo_root, log_path=logs / f"s{n}.log")
+
+
 @pytest.fixture
 def catcher() -> Iterator[CatcherProcess]:
     with CatcherProcess(free_port(), free_port()) as running:
@@ -137,28 +168,12 @@ def test_three_senders_deliver_10000_mails_through_a_sigkill(
     expected = {item.event.data["message_id"] for item in items}
     assert len(expected) == MAILS
 
-    senders: list[ServiceProcess] = []
-    for n in range(3):
-        port = free_port()
-        env = platform_env(
-            database_url,
-            kafka_bootstrap,
-            catcher.smtp_url,
-            {"sender": port},
-            repo_root,
-            {
-                "KAFKA_TOPIC_PREFIX": prefix,
-                "KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
-                "LOG_LEVEL": "INFO",
-                "SENDER_WINDOW": str(WINDOW),
-                "SMTP_POOL_SIZE": str(POOL),
-                "SENDER_AMBIGUOUS_POLICY": "hold",
-                "SENDER_RECOVERY_INTERVAL_SECONDS": "1",
-            },
-        )["sender"]
-        senders.append(
-            ServiceProcess("sender", port, env, cwd=repo_root, log_path=tmp_path / f"s{n}.log")
+    senders = [
+        sender_process(
+            n, database_url, kafka_bootstrap, catcher.smtp_url, prefix, repo_root, tmp_path
         )
+        for n in range(3)
+    ]
     try:
         asyncio.run(produce(kafka_bootstrap, items))
         for sender in senders:
@@ -208,3 +223,51 @@ def test_three_senders_deliver_10000_mails_through_a_sigkill(
     assert not twice, f"{len(twice)} mails delivered more than once"
     missing = {m for m in expected - ambiguous if counts[m] != 1}
     assert not missing, f"{len(missing)} sent mails never arrived"
+
+
+async def committed_total(bootstrap: str, topic: str, group: str) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        total = 0
+        for partition in range(PARTITIONS):
+            total += await consumer.committed(TopicPartition(topic, partition)) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+def test_sigterm_mid_run_finishes_the_batch_commits_and_leaves_nothing_in_doubt(
+    fresh_database: Any, kafka_bootstrap: str, repo_root: Path, tmp_path: Path, catcher: Any
+) -> None:
+    database_url = fresh_database("graceful")
+    run = uuid.uuid4().hex[:8]
+    prefix = f"graceful{run}."
+    items = rendered_events(prefix, run, count=4000)
+    sender = sender_process(
+        0, database_url, kafka_bootstrap, catcher.smtp_url, prefix, repo_root, tmp_path
+    )
+    try:
+        asyncio.run(produce(kafka_bootstrap, items))
+        sender.start()
+        sender.wait_ready(60)
+        wait_for(lambda: received_total(catcher) >= 500, 60, "the run to be under way")
+        sender.send_signal(signal.SIGTERM)
+        code = sender.wait(40)
+    finally:
+        sender.terminate(5)
+    # uvicorn re-raises the signal it handled once shutdown is complete: exit by SIGTERM
+    # after a clean shutdown is what Kubernetes and systemd expect.
+    assert code in (0, -signal.SIGTERM), sender.log_tail()
+    assert "Application shutdown complete" in sender.log_tail(80)
+
+    rows = asyncio.run(ledger_rows(database_url))
+    states = Counter(r["state"] for r in rows)
+    assert set(states) == {"sent"}, states
+    assert len(rows) < len(items), "stopped mid-run, not after it"
+    # Every mail handed over has its offset committed, and no offset was committed ahead.
+    group = f"{prefix.rstrip('.')}-sender"
+    committed = asyncio.run(committed_total(kafka_bootstrap, items[0].topic, group))
+    assert committed == len(rows) == received_total(catcher)
