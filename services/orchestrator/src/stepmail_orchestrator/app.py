@@ -128,8 +128,9 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 interval=settings.orchestrator_scan_interval_seconds,
             )
             await start_background(stack, scanner, "trigger-scanner")
-            notifier = Notifier(pool, clock, settings.orchestrator_webhook_secret, interval=5.0)
-            await start_background(stack, notifier, "notifier")
+            if settings.orchestrator_notify_enabled:
+                notifier = Notifier(pool, clock, settings.orchestrator_webhook_secret, interval=5.0)
+                await start_background(stack, notifier, "notifier")
             contact_events = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.contact_events],

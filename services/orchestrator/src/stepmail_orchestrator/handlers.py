@@ -104,7 +104,11 @@ class ContactEventHandler:
                 )
                 if hits < rule.count_at_least:
                     continue
-            if await self._progress.enroll(conn, scenario, version, contact, trigger, now):
+            # Waits count from when the event happened (never later than now), so a
+            # delayed delivery of the event does not push the scenario back.
+            if await self._progress.enroll(
+                conn, scenario, version, contact, trigger, now, occurred
+            ):
                 log.info(
                     "contact enrolled", extra={"contact_id": contact["id"], "scenario": scenario.id}
                 )

@@ -23,6 +23,8 @@ class OrchestratorSettings(CommonSettings):
     orchestrator_frequency_cap: str | None = None
     # Inactivity and yearly triggers are looked for this often.
     orchestrator_scan_interval_seconds: float = 60.0
+    # Off, ``notify`` webhooks are recorded but not posted (dry runs, tests).
+    orchestrator_notify_enabled: bool = True
     # Standard Webhooks secret (whsec_ + base64) signing ``notify`` webhooks.
     orchestrator_webhook_secret: str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2hhbmdlLW1l"  # noqa: S105 - dev only
 
