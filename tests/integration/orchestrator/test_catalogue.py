@@ -63,6 +63,21 @@ class Platform:
         await self.producer.publish(self.topics.contact_events, event, contact_id)
         self.produced += 1
 
+    async def engagement(self, event_type: str, contact_id: str, data: dict) -> None:
+        """A tracker event on engagement-events; waits until the orchestrator has it."""
+        event = CloudEvent(type=event_type, source="urn:test", subject=contact_id, data=data)
+        await self.producer.publish(self.topics.engagement_events, event, contact_id)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if await self.pool.fetchval(
+                "SELECT count(*) FROM processed_events"
+                " WHERE consumer = 'feedback' AND event_id = $1",
+                event.id,
+            ):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the orchestrator did not take the engagement event")
+
     async def settle(self, within: float = 30.0) -> None:
         """Until every event is consumed, nothing due is left and the outbox is empty."""
         deadline = time.monotonic() + within
@@ -132,7 +147,9 @@ class Platform:
 async def platform(fresh_database, kafka_bootstrap, repo_root):
     database_url = fresh_database("catalogue")
     topics = Topics(f"cat{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(kafka_bootstrap, [topics.contact_events, topics.steps_due], 2)
+    await ensure_topics(
+        kafka_bootstrap, [topics.contact_events, topics.steps_due, topics.engagement_events], 2
+    )
     clock = ManualClock(START.astimezone(UTC))
     settings = OrchestratorSettings(
         database_url=database_url,
@@ -181,8 +198,26 @@ async def test_whitepaper_follow_up_stops_on_a_booked_demo_and_tells_sales(platf
     t0 = platform.clock.now().astimezone(TOKYO)
     await platform.send("wp-reads", "whitepaper.downloaded")
     await platform.send("wp-books", "whitepaper.downloaded")
+    await platform.send("wp-hot", "whitepaper.downloaded")
     await platform.advance_to(_at(t0, days=4))
     await platform.send("wp-books", "demo.booked")
+    await platform.advance_to(_at(t0, days=7))
+    day7 = await platform.pool.fetchval(
+        "SELECT message_id FROM messages WHERE contact_id = 'wp-hot' AND step_id = 'day7'"
+    )
+    await platform.engagement(
+        event_types.ENGAGEMENT_CLICKED,
+        "wp-hot",
+        {
+            "message_id": day7,
+            "contact_id": "wp-hot",
+            "scenario": {"id": "whitepaper-followup", "version": 1},
+            "step": {"id": "day7", "index": 2},
+            "link": {"index": 0, "url": "https://example.com/pricing"},
+            "machine": False,
+            "at": platform.clock.now().isoformat(),
+        },
+    )
     await platform.advance_to(_at(t0, days=22))
     assert [(step, due) for _, step, _, due in await platform.mails("wp-reads")] == [
         ("thanks", t0),
@@ -196,14 +231,19 @@ async def test_whitepaper_follow_up_stops_on_a_booked_demo_and_tells_sales(platf
         "SELECT converted FROM enrollments WHERE contact_id = 'wp-books'"
     )
     assert converted is True
-    reasons = [
-        r["reason"]
+    notified = {
+        (r["contact"], r["reason"])
         for r in await platform.pool.fetch(
-            "SELECT body ->> 'reason' AS reason FROM notifications"
-            " WHERE body -> 'contact' ->> 'id' = 'wp-reads'"
+            "SELECT body -> 'contact' ->> 'id' AS contact, body ->> 'reason' AS reason"
+            " FROM notifications"
         )
-    ]
-    assert reasons == ["series-finished"]
+    }
+    assert {n for n in notified if n[0].startswith("wp-")} == {
+        ("wp-reads", "series-finished"),
+        ("wp-hot", "pricing-clicked"),
+    }
+    hot = [step for _, step, _, _ in await platform.mails("wp-hot")]
+    assert hot == ["thanks", "day3", "day7"]
 
 
 async def test_cart_abandonment_stops_at_once_on_the_order_for_that_cart(platform):
@@ -318,17 +358,42 @@ async def test_pricing_page_three_times_within_a_week(platform):
 async def test_reengagement_of_dormant_contacts(platform):
     t0 = platform.clock.now().astimezone(TOKYO)
     await platform.send("sleeper", "order.completed", {"order_id": "9"})
+    await platform.send("sleeper-opens", "order.completed", {"order_id": "10"})
     await platform.settle()
     platform.clock.set(_at(t0, days=90, minutes=1))
     await platform.enrolled("sleeper", "reengagement", within=20)
+    await platform.enrolled("sleeper-opens", "reengagement", within=20)
     await platform.settle()
     start = platform.clock.now().astimezone(TOKYO)
+    first = await platform.pool.fetchval(
+        "SELECT message_id FROM messages"
+        " WHERE contact_id = 'sleeper-opens' AND step_id = 'miss-you'"
+    )
+    await platform.engagement(
+        event_types.ENGAGEMENT_OPENED,
+        "sleeper-opens",
+        {
+            "message_id": first,
+            "contact_id": "sleeper-opens",
+            "scenario": {"id": "reengagement", "version": 1},
+            "step": {"id": "miss-you", "index": 0},
+            "machine": False,
+            "at": start.isoformat(),
+        },
+    )
     await platform.advance_to(_at(start, days=11))
-    mails = [
-        (step, due) for s, step, _, due in await platform.mails("sleeper") if s == "reengagement"
-    ]
-    assert mails == [
+
+    async def steps(contact_id: str) -> list[tuple[str, datetime]]:
+        mails = await platform.mails(contact_id)
+        return [(step, due) for s, step, _, due in mails if s == "reengagement"]
+
+    assert await steps("sleeper") == [
         ("miss-you", start),
         ("resend-new-subject", _at(start, days=3)),
+        ("stay-subscribed", _at(start, days=10)),
+    ]
+    # opened the first mail: no resend with another subject
+    assert await steps("sleeper-opens") == [
+        ("miss-you", start),
         ("stay-subscribed", _at(start, days=10)),
     ]

@@ -23,8 +23,10 @@ async def scenario_stats(conn: Connection, scenario_id: str) -> dict[str, Any]:
             {
                 "step": r["step_id"],
                 "variant": r["variant"],
-                "requested": r["requested"],
-                "sent": sent,
+                # "sent": the orchestrator asked for the mail; "delivered": the mail server
+                # accepted it (delivery.sent); rates are of delivered mails.
+                "sent": r["requested"],
+                "delivered": sent,
                 "failed": r["failed"],
                 "opened_unique": r["opened"],
                 "clicked_unique": r["clicked"],
