@@ -12,9 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-
-from stepmail_common import event_types, telemetry
+from stepmail_common import event_types
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.outbox import OutboxEvent
 from stepmail_common.topics import Topics
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     from stepmail_orchestrator.repository import Connection
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer("stepmail.orchestrator")
 SOURCE = "urn:stepmail:orchestrator"
 # Actions one pass may take for one enrollment; the rest continue on the next pass.
 MAX_ACTIONS_PER_PASS = 50
@@ -261,10 +258,9 @@ class Progress:
                 "due_at": due.isoformat(),
             },
         )
-        # The mail continues the trace of the event that enrolled the contact.
-        parent = telemetry.context_from_carrier(enrollment.trigger_event.get("trace"))
-        with tracer.start_as_current_span("fire step", context=parent):
-            carrier = telemetry.trace_carrier()
+        # The mail continues the trace of the event that enrolled the contact: the relay's
+        # "send" span becomes a child of that trace.
+        carrier = enrollment.trigger_event.get("trace") or None
         w.outbox.append(OutboxEvent(self._topics.steps_due, contact["id"], event, carrier))
         w.message(mid, enrollment, step.id, variant.name, scenario.mail_kind, now)
         if scenario.mail_kind == "marketing":
