@@ -110,8 +110,13 @@ def test_unsubscribe_stops_mails_that_were_already_rendered(
     sender.start()
     sender.wait_ready(90)
     for mail in mails:
+        message_id = mail.data["message_id"]
+
+        def verdict(message_id: str = message_id) -> dict | None:
+            return _final(platform.delivery(message_id))
+
         delivery = harness.wait_for(
-            lambda m=mail: _final(platform.delivery(m.data["message_id"])),
+            verdict,
             60,
             f"the ledger's verdict on step {mail.data['step']['id']}",
         )
