@@ -18,9 +18,10 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/stepmail/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
 
-# The five services and the library they share; the devstack (embedded Postgres,
-# broker, SMTP catcher) and the dev tools stay out of the image.
-ARG STEPMAIL_PACKAGES="--package stepmail-ingest --package stepmail-orchestrator --package stepmail-renderer --package stepmail-sender --package stepmail-tracker"
+# The five services, the library they share and the `stepmail` command (for a Job that
+# applies scenarios and templates); the devstack (embedded Postgres, broker, SMTP
+# catcher) stays out of the image.
+ARG STEPMAIL_PACKAGES="--package stepmail-ingest --package stepmail-orchestrator --package stepmail-renderer --package stepmail-sender --package stepmail-tracker --package stepmail-cli"
 
 WORKDIR /src
 
@@ -34,6 +35,7 @@ COPY services/renderer/pyproject.toml services/renderer/
 COPY services/sender/pyproject.toml services/sender/
 COPY services/tracker/pyproject.toml services/tracker/
 COPY tools/devstack/pyproject.toml tools/devstack/
+COPY tools/cli/pyproject.toml tools/cli/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-workspace ${STEPMAIL_PACKAGES}
 
@@ -45,6 +47,7 @@ COPY services/orchestrator/src services/orchestrator/src
 COPY services/renderer/src services/renderer/src
 COPY services/sender/src services/sender/src
 COPY services/tracker/src services/tracker/src
+COPY tools/cli/src tools/cli/src
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable ${STEPMAIL_PACKAGES}
 
