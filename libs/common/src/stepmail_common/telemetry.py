@@ -92,16 +92,22 @@ def configure_logging(service: str, level: str = "INFO") -> None:
 
 def configure_tracing(
     service: str, otlp_endpoint: str | None, exporter: SpanExporter | None = None
-) -> TracerProvider:
-    """Install the tracer provider: OTLP when configured, an explicit exporter for tests,
-    otherwise spans are made (so ``traceparent`` propagates) but exported nowhere."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+) -> TracerProvider | None:
+    """Install the SDK tracer provider when spans go somewhere: OTLP when configured, an
+    explicit exporter for tests.
+
+    Otherwise the API's no-op tracer stays: spans cost nothing on the hot paths, and an
+    incoming ``traceparent`` is still passed on unchanged, so a trace started upstream
+    continues through this service.
+    """
     if exporter is None and otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(endpoint=otlp_endpoint.rstrip("/") + "/v1/traces")
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if exporter is None:
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 
