@@ -34,7 +34,7 @@ test: install ## Lint, type-check, then unit, integration and end-to-end tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=15
 
 .PHONY: unit
 unit: install ## Unit tests only (no processes started)
