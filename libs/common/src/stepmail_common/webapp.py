@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
@@ -139,15 +139,35 @@ async def start_background(
     stack: AsyncExitStack, worker: BackgroundWorker, name: str, grace: float = 30.0
 ) -> "asyncio.Task[None]":
     """Start ``worker`` under supervision; on exit of ``stack`` ask it to stop, then wait."""
-    await worker.start()
-    task = supervise(worker.run(), name)
+    return (await start_together(stack, [(worker, name)], grace))[0]
 
-    async def stop() -> None:
-        await worker.stop()
-        await cancel_and_wait(task, grace)
 
-    stack.push_async_callback(stop)
-    return task
+async def start_together(
+    stack: AsyncExitStack,
+    workers: Sequence[tuple[BackgroundWorker, str]],
+    grace: float = 30.0,
+) -> "list[asyncio.Task[None]]":
+    """Start several workers at once, then run each under supervision.
+
+    Consumers join their groups in ``start``; a first join waits out the broker's initial
+    rebalance delay (seconds), so joining together makes a restarted pod ready sooner.
+    """
+    async with asyncio.TaskGroup() as starting:
+        for worker, _ in workers:
+            starting.create_task(worker.start())
+    tasks = []
+    for worker, name in workers:
+        task = supervise(worker.run(), name)
+
+        async def stop(
+            worker: BackgroundWorker = worker, task: "asyncio.Task[None]" = task
+        ) -> None:
+            await worker.stop()
+            await cancel_and_wait(task, grace)
+
+        stack.push_async_callback(stop)
+        tasks.append(task)
+    return tasks
 
 
 def dependency_checks(app: FastAPI, *, database: bool = True) -> dict[str, ReadinessCheck]:

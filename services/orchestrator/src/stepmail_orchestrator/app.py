@@ -17,7 +17,13 @@ from stepmail_common.outbox import OutboxRelay
 from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import admin_guard, dependency_checks, install_common, start_background
+from stepmail_common.webapp import (
+    admin_guard,
+    dependency_checks,
+    install_common,
+    start_background,
+    start_together,
+)
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.engine import ContactRules, parse_window
 from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
@@ -138,7 +144,6 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
             )
-            await start_background(stack, contact_events, "contact-events-consumer")
             feedback = EventConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
                 topics=[topics.delivery_events, topics.engagement_events],
@@ -146,7 +151,10 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 handler=FeedbackHandler(pool, clock, progress),
                 producer=producer,
             )
-            await start_background(stack, feedback, "feedback-consumer")
+            await start_together(
+                stack,
+                [(contact_events, "contact-events-consumer"), (feedback, "feedback-consumer")],
+            )
             app.state.pool = pool
             app.state.producer = producer
             yield

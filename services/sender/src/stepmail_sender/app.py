@@ -1,6 +1,5 @@
 """The sender: consumes rendered mails, hands them to SMTP once, reports every outcome."""
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,10 +13,10 @@ from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import (
-    BackgroundWorker,
     dependency_checks,
     install_common,
     start_background,
+    start_together,
 )
 from stepmail_sender.consumer import BatchConsumer
 from stepmail_sender.delivery import Deliverer, RetryPolicy, Signer, Transport
@@ -33,22 +32,6 @@ from stepmail_sender.smtp import SmtpPool, parse_smtp_url
 from stepmail_sender.throttle import Throttle, parse_domain_limits, parse_limit
 
 log = logging.getLogger(__name__)
-
-
-class _Started:
-    """A worker whose ``start`` already ran, for ``start_background``."""
-
-    def __init__(self, worker: BackgroundWorker) -> None:
-        self._worker = worker
-
-    async def start(self) -> None:
-        pass
-
-    async def run(self) -> None:
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        await self._worker.stop()
 
 
 async def run_migrations(settings: SenderSettings) -> None:
@@ -152,15 +135,9 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 producer=producer,
                 max_batch=settings.sender_batch_max,
             )
-            # A first join waits out the broker's initial rebalance delay (3-5 s): both
-            # groups join at once, so a restarted pod is back that much sooner.
             stack.push_async_callback(feedback.close)
             stack.push_async_callback(consumer.close)
-            async with asyncio.TaskGroup() as joining:
-                joining.create_task(feedback.start())
-                joining.create_task(consumer.start())
-            await start_background(stack, _Started(feedback), "feedback-consumer")
-            await start_background(stack, _Started(consumer), "consumer")
+            await start_together(stack, [(feedback, "feedback-consumer"), (consumer, "consumer")])
             app.state.pool = pool
             app.state.producer = producer
             app.state.ledger = ledger
