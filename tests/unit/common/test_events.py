@@ -70,3 +70,12 @@ def test_derived_ids_are_stable_and_distinct():
     assert derived_id("message", "e1", "0") == derived_id("message", "e1", "0")
     assert derived_id("message", "e1", "0") != derived_id("message", "e1", "1")
     assert derived_id("a", "bc") != derived_id("ab", "c")
+
+
+def test_derived_ids_are_uuid5_in_the_stepmail_namespace():
+    import uuid
+
+    from stepmail_common.events import STEPMAIL_NAMESPACE
+
+    for parts in [("message", "e1", "0"), ("step-due", "m"), ("日本語", "x")]:
+        assert derived_id(*parts) == str(uuid.uuid5(STEPMAIL_NAMESPACE, "\x1f".join(parts)))

@@ -82,6 +82,8 @@ def choose_variant(
     variants: tuple[Variant, ...], scenario_id: str, step_id: str, contact_id: str
 ) -> Variant:
     """Weighted A/B assignment, the same for a contact every time it is asked."""
+    if len(variants) == 1:
+        return variants[0]
     point = _unit("variant", scenario_id, step_id, contact_id) * sum(v.weight for v in variants)
     for variant in variants:
         point -= variant.weight
