@@ -35,6 +35,8 @@ from stepmail_orchestrator.scenarios import parse_scenario
 from stepmail_orchestrator.timers import TimerLoop
 
 ENROLLMENTS = int(os.environ.get("BENCH_ENROLLMENTS", "100000"))
+# Enrollments claimed per timer pass (ORCHESTRATOR_TIMER_BATCH in a service).
+BATCH = int(os.environ.get("BENCH_TIMER_BATCH", "2000"))
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 SCENARIO = {
     "id": "bench",
@@ -83,7 +85,7 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
         clock = ManualClock(START)
         timer = TimerLoop(
-            pool, Progress(topics, ContactRules()), clock, asyncio.Event(), interval=1, batch=1000
+            pool, Progress(topics, ContactRules()), clock, asyncio.Event(), interval=1, batch=BATCH
         )
         rss_before = _rss_mib()
         fired = 0
@@ -119,6 +121,7 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
         "relay_events_per_second": round(pending / relay_seconds),
         "rss_mib_before": round(rss_before, 1),
         "rss_mib_after": round(rss_after, 1),
+        "timer_batch": BATCH,
         "goal_steps_per_second": 5000,
     }
 

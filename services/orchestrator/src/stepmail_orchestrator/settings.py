@@ -15,7 +15,7 @@ class OrchestratorSettings(CommonSettings):
     orchestrator_scenarios_dir: str | None = None
     # The timer loop wakes at once after an enrollment; this bounds the wait otherwise.
     orchestrator_timer_interval_seconds: float = 0.5
-    orchestrator_timer_batch: int = 500
+    orchestrator_timer_batch: int = 2000
     default_time_zone: str = "Asia/Tokyo"
     default_locale: str = "ja-JP"
     # Contact-level rules for marketing mail, in each contact's time zone.
