@@ -290,6 +290,14 @@ async def test_threshold_trigger_three_pricing_views_within_seven_days(env):
         await env.event("c-hot", "page.viewed", {"page": "pricing" if i != 1 else "blog"})
     await env.event("c-hot", "page.viewed", {"page": "pricing"})
     assert [c for c, *_ in await env.mails()] == ["c-hot"]
+    # the scanner keeps activity only as long as the 7-day window can count it
+    scanner = TriggerScanner(env.pool, env.progress, env.clock, asyncio.Event(), interval=60)
+    env.clock.set(START + _days(16))
+    await scanner.scan()
+    assert await env.pool.fetchval("SELECT count(*) FROM activity") == 5  # day 9 and later
+    env.clock.set(START + _days(18))
+    await scanner.scan()
+    assert await env.pool.fetchval("SELECT count(*) FROM activity") == 0
 
 
 async def test_branch_on_an_earlier_mail_being_opened(env):

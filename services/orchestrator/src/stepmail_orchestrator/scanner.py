@@ -6,7 +6,7 @@ entry rules and audiences apply as for event triggers.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stepmail_common.clock import Clock
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import asyncpg
 
     from stepmail_orchestrator.repository import Connection
+
+ACTIVITY_KEPT = timedelta(days=30)
 
 _DORMANT = """
 SELECT c.id FROM contacts c
@@ -70,7 +72,11 @@ class TriggerScanner(PeriodicLoop):
         now = self._clock.now()
         enrolled = 0
         async with self._pool.acquire() as conn, conn.transaction():
-            for scenario, version in await repository.latest_active(conn):
+            scenarios = await repository.latest_active(conn)
+            # Activity is kept only as long as a threshold trigger may count it.
+            windows = [s.trigger.count_within for s, _ in scenarios if s.trigger.count_within]
+            await repository.prune_activity(conn, now - max(windows, default=ACTIVITY_KEPT))
+            for scenario, version in scenarios:
                 rule = scenario.trigger
                 if rule.inactive_for is not None:
                     ids = await conn.fetch(
