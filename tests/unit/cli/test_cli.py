@@ -141,3 +141,94 @@ def test_unauthorized_names_the_token(tmp_path, monkeypatch):
     code, out = _run(["apply", "-f", str(_tree(tmp_path))], recorder, monkeypatch)
     assert code == 1
     assert "STEPMAIL_ADMIN_TOKEN" in out
+
+
+def test_timeline_prints_the_dry_run_and_names_problems():
+    seen: list[dict] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(
+            {"url": str(request.url), "body": body, "auth": request.headers["authorization"]}
+        )
+        if request.url.path.endswith("/nope/timeline"):
+            return httpx.Response(
+                404,
+                json={"title": "No active scenario with this id", "status": 404},
+                headers={"content-type": "application/problem+json"},
+            )
+        return httpx.Response(
+            200,
+            json={
+                "scenario": "cart",
+                "contact_id": "c-1",
+                "timeline": [
+                    {
+                        "at": "2026-11-23T13:00:00+09:00",
+                        "step": "reminder",
+                        "action": "send",
+                        "template": "cart-reminder",
+                        "variant": "a",
+                    },
+                    {
+                        "at": "2026-11-24T09:00:00+09:00",
+                        "step": "coupon",
+                        "action": "send",
+                        "template": "cart-coupon",
+                        "variant": "a",
+                        "held": True,
+                    },
+                    {"at": "2026-11-24T09:00:00+09:00", "step": None, "action": "completed"},
+                ],
+            },
+        )
+
+    out = io.StringIO()
+    code = run(
+        [
+            "timeline",
+            "cart",
+            "--contact-id",
+            "c-1",
+            "--event",
+            "checkout.started",
+            "--property",
+            "checkout_token=t-1",
+            "--token",
+            "tok",
+            "--orchestrator-url",
+            "http://orchestrator",
+        ],
+        out,
+        httpx.MockTransport(answer),
+    )
+    assert code == 0
+    assert seen[0]["url"] == "http://orchestrator/v1/scenarios/cart/timeline"
+    assert seen[0]["auth"] == "Bearer tok"
+    assert seen[0]["body"]["contact_id"] == "c-1"
+    assert seen[0]["body"]["event"] == {
+        "name": "checkout.started",
+        "properties": {"checkout_token": "t-1"},
+    }
+    lines = out.getvalue().splitlines()
+    assert "reminder" in lines[0]
+    assert "cart-reminder" in lines[0]
+    assert lines[1].endswith("(held)")
+
+    out = io.StringIO()
+    code = run(
+        [
+            "timeline",
+            "nope",
+            "--contact",
+            '{"id": "x"}',
+            "--event",
+            "signup",
+            "--orchestrator-url",
+            "http://orchestrator",
+        ],
+        out,
+        httpx.MockTransport(answer),
+    )
+    assert code == 1
+    assert out.getvalue().strip() == "nope: -: No active scenario with this id"

@@ -16,6 +16,7 @@ bad usage.
 """
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -241,28 +242,86 @@ class Client:
                 print(f"{s.path}: valid", file=self._out)
 
 
+def _add_connection(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--renderer-url", default=os.environ.get("RENDERER_URL", DEFAULT_RENDERER_URL)
+    )
+    command.add_argument(
+        "--orchestrator-url",
+        default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_ORCHESTRATOR_URL),
+    )
+    command.add_argument(
+        "--token",
+        default=os.environ.get("STEPMAIL_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
+        help="admin bearer token (default: $STEPMAIL_ADMIN_TOKEN)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepmail", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    timeline = commands.add_parser(
+        "timeline", help="dry run: which mails a scenario would send a contact, and when"
+    )
+    timeline.add_argument("scenario")
+    who = timeline.add_mutually_exclusive_group(required=True)
+    who.add_argument("--contact-id", help="a known contact")
+    who.add_argument("--contact", help="a sample contact as JSON")
+    timeline.add_argument("--event", required=True, help="the trigger event's name")
+    timeline.add_argument(
+        "--property", action="append", default=[], metavar="KEY=VALUE", help="event property"
+    )
+    timeline.add_argument("--start", help="RFC 3339 start time (default: now)")
+    timeline.add_argument("--assume-opened", action="store_true")
+    timeline.add_argument("--assume-clicked", action="store_true")
+    _add_connection(timeline)
     for name, help_text in (
         ("apply", "save every scenario, template and layout under DIR"),
         ("validate", "check them without saving anything"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-f", "--filename", required=True, type=Path, metavar="DIR")
-        command.add_argument(
-            "--renderer-url", default=os.environ.get("RENDERER_URL", DEFAULT_RENDERER_URL)
-        )
-        command.add_argument(
-            "--orchestrator-url",
-            default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_ORCHESTRATOR_URL),
-        )
-        command.add_argument(
-            "--token",
-            default=os.environ.get("STEPMAIL_ADMIN_TOKEN", DEV_ADMIN_TOKEN),
-            help="admin bearer token (default: $STEPMAIL_ADMIN_TOKEN)",
-        )
+        _add_connection(command)
     return parser
+
+
+def _timeline(args: argparse.Namespace, http: httpx.Client, out: TextIO) -> int:
+    """Print the dry run as a table; problems as ``SCENARIO: FIELD: detail``."""
+    body: dict[str, Any] = {
+        "event": {
+            "name": args.event,
+            "properties": dict(p.split("=", 1) for p in args.property if "=" in p),
+        },
+        "assume": {"opened": args.assume_opened, "clicked": args.assume_clicked},
+    }
+    if args.contact_id:
+        body["contact_id"] = args.contact_id
+    else:
+        try:
+            body["contact"] = json.loads(args.contact)
+        except json.JSONDecodeError as exc:
+            print(f"{args.scenario}: contact: not JSON: {exc}", file=out)
+            return 2
+    if args.start:
+        body["start"] = args.start
+    url = f"{args.orchestrator_url.rstrip('/')}/v1/scenarios/{args.scenario}/timeline"
+    response = http.post(url, json=body)
+    if response.status_code != 200:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:200]}
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {response.status_code}"
+        errors = problem.get("errors") or [{"field": "-", "detail": detail}]
+        for error in errors:
+            print(f"{args.scenario}: {error.get('field')}: {error.get('detail')}", file=out)
+        return 1
+    for entry in response.json()["timeline"]:
+        what = entry["action"]
+        detail = entry.get("template") or entry.get("goto") or entry.get("reason") or ""
+        held = " (held)" if entry.get("held") else ""
+        print(f"{entry['at']}  {entry.get('step') or '-':<20} {what:<10} {detail}{held}", file=out)
+    return 0
 
 
 def run(
@@ -272,6 +331,10 @@ def run(
 ) -> int:
     """The command line's work; ``transport`` lets tests route HTTP in-process."""
     args = _parser().parse_args(argv)
+    headers = {"Authorization": f"Bearer {args.token}"}
+    if args.command == "timeline":
+        with httpx.Client(headers=headers, timeout=30, transport=transport) as http:
+            return _timeline(args, http, out)
     root: Path = args.filename
     if not root.exists():
         print(f"{root}: -: no such file or directory", file=out)
@@ -282,7 +345,6 @@ def run(
     if not (found.layouts or found.templates or found.scenarios or found.problems):
         print(f"{root}: -: no template, layout or scenario found", file=out)
         return 1
-    headers = {"Authorization": f"Bearer {args.token}"}
     with httpx.Client(headers=headers, timeout=30, transport=transport) as http:
         client = Client(http, args.renderer_url, args.orchestrator_url, out)
         if args.command == "apply":
