@@ -76,3 +76,23 @@ def test_a_held_out_contact_gets_nothing():
     assert [
         e["action"] for e in simulate(scenario, CONTACT, {"name": "x"}, START, ContactRules())
     ] == ["held_out"]
+
+
+def test_a_mail_answering_the_contacts_own_action_is_not_held_but_the_next_is():
+    scenario = parse_scenario(
+        {
+            "id": "w",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "now", "send": {"template": "w1"}},
+                {"id": "later", "wait": "1h", "send": {"template": "w2"}},
+            ],
+        }
+    )
+    night = START + timedelta(hours=13, minutes=30)  # 23:30 in Tokyo
+    rules = ContactRules(send_window=parse_window("09:00-21:00"))
+    sends = _sends(simulate(scenario, CONTACT, {"name": "signup"}, night, rules))
+    assert sends == [
+        ("now", "w1", night),
+        ("later", "w2", datetime(2026, 11, 24, 9, 0, tzinfo=TOKYO)),
+    ]

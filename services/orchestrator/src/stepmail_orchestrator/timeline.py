@@ -71,11 +71,15 @@ def simulate(
             elif not engine.has_consent(contact, scenario.mail_kind):
                 out.append({**entry, "action": "skipped", "reason": "no_consent"})
             else:
-                if scenario.mail_kind == "marketing":
+                # As in the timers: a mail due the moment the contact's own action enrolls
+                # them answers that action and is not held.
+                answers_action = scenario.trigger.event is not None and base == start
+                if scenario.mail_kind == "marketing" and not answers_action:
                     held = engine.hold_until(rules, tz, last_marketing, base)
                     if held is not None:
                         base = held
                         entry = {**entry, "at": local(held), "held": True}
+                if scenario.mail_kind == "marketing":
                     last_marketing = base
                 variant = engine.choose_variant(
                     action.variants, scenario.id, step.id, contact["id"]
