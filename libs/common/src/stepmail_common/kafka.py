@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -149,10 +150,13 @@ class EventProducer:
 
 
 Handler = Callable[[CloudEvent], Awaitable[None]]
+T = TypeVar("T")
+Batch = dict[TopicPartition, list["ConsumerRecord[bytes, bytes]"]]
 
 
-class EventConsumer:
-    """Runs ``handler`` for each event of ``topics`` in a consumer group, at least once."""
+class _GroupConsumer:
+    """The loop both consumers share: fetch, process, commit what is durable, dead-letter
+    what cannot be processed (with the reason), report lag, stop cleanly."""
 
     def __init__(
         self,
@@ -160,14 +164,12 @@ class EventConsumer:
         bootstrap: str,
         topics: Sequence[str],
         group_id: str,
-        handler: Handler,
         producer: EventProducer,
-        max_batch: int = 200,
-        retry_backoff: tuple[float, float] = (0.2, 5.0),
+        max_batch: int,
+        retry_backoff: tuple[float, float],
     ) -> None:
         self._topics = list(topics)
         self._group_id = group_id
-        self._handler = handler
         self._producer = producer
         self._max_batch = max_batch
         self._backoff = retry_backoff
@@ -192,7 +194,7 @@ class EventConsumer:
         self._started = True
 
     async def stop(self) -> None:
-        """Ask the loop to finish the message in hand, commit and leave; safe twice."""
+        """Ask the loop to finish the work in hand, commit and leave; safe twice."""
         self._stopping.set()
 
     async def close(self) -> None:
@@ -205,22 +207,35 @@ class EventConsumer:
         return set(self._consumer.assignment())
 
     async def run(self) -> None:
-        """The loop: fetch a batch, handle each message in order, commit what is done."""
+        """Fetch a batch, process it, commit the offsets of what is done."""
         try:
             while not self._stopping.is_set():
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
-                done: dict[TopicPartition, int] = {}
-                for tp, records in batch.items():
-                    for record in records:
-                        if self._stopping.is_set():
-                            break
-                        if not await self._handle(record):
-                            break
-                        done[tp] = record.offset + 1
-                if done:
-                    await self._commit(done)
+                await self._observe_lag()
+                if batch:
+                    done = await self._process(batch)
+                    if done:
+                        await self._commit(done)
         finally:
             await self.close()
+
+    async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
+        """Handle ``batch``; the next offset to commit per partition whose work is done."""
+        raise NotImplementedError
+
+    async def _backoff_or_stop(self, topic: str, attempt: int, exc: BaseException) -> bool:
+        """Wait before retrying a retriable failure; ``False`` when stopping meanwhile."""
+        telemetry.KAFKA_RETRIES.labels(topic).inc()
+        log.warning(
+            "retriable error, will retry",
+            extra={"topic": topic, "attempt": attempt, "error": exc.__class__.__name__},
+        )
+        delay = min(self._backoff[1], self._backoff[0] * 2 ** min(attempt, 10))
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return True
+        return False
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit; a partition lost in a rebalance meanwhile is re-read by its new owner,
@@ -233,7 +248,90 @@ class EventConsumer:
                 extra={"error": exc.__class__.__name__},
             )
 
-    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+    async def _observe_lag(self) -> None:
+        """Lag per assigned partition, from what the last fetch told about the log's end."""
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = await self._consumer.position(tp)
+            except (IllegalStateError, KafkaError):
+                continue
+            telemetry.KAFKA_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                max(0, high - position)
+            )
+
+    async def _dead_letter(
+        self, record: "ConsumerRecord[bytes, bytes]", exc: BaseException
+    ) -> bool:
+        """Write the record to the ``.dlq`` twin with the reason; ``False`` if stopped first."""
+        reason = f"{exc.__class__.__name__}: {exc}"[:1000]
+        log.error(
+            "message dead-lettered",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "error": exc.__class__.__name__,
+            },
+        )
+        headers: list[tuple[str, bytes]] = [
+            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("stepmail-dlq-")],
+            (DLQ_REASON, reason.encode()),
+            ("stepmail-dlq-topic", record.topic.encode()),
+            ("stepmail-dlq-partition", str(record.partition).encode()),
+            ("stepmail-dlq-offset", str(record.offset).encode()),
+            ("stepmail-dlq-group", self._group_id.encode()),
+        ]
+        while True:
+            try:
+                await self._producer.send_raw(
+                    Topics.dlq(record.topic), record.key, record.value, headers
+                )
+                telemetry.KAFKA_CONSUMED.labels(record.topic, "dead_lettered").inc()
+                return True
+            except RetriableError:
+                if self._stopping.is_set():
+                    return False
+                await asyncio.sleep(self._backoff[0])
+
+
+class EventConsumer(_GroupConsumer):
+    """Runs ``handler`` for each event of ``topics`` in a consumer group, in order, at
+    least once: a retriable error retries the same event, any other dead-letters it."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: Handler,
+        producer: EventProducer,
+        max_batch: int = 200,
+        retry_backoff: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        super().__init__(
+            bootstrap=bootstrap,
+            topics=topics,
+            group_id=group_id,
+            producer=producer,
+            max_batch=max_batch,
+            retry_backoff=retry_backoff,
+        )
+        self._handler = handler
+
+    async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
+        done: dict[TopicPartition, int] = {}
+        for tp, records in batch.items():
+            for record in records:
+                if self._stopping.is_set() or not await self._handle(record):
+                    break
+                done[tp] = record.offset + 1
+        return done
+
+    async def _handle(self, record: "ConsumerRecord[bytes, bytes]") -> bool:
         """Handle one record; ``False`` means the loop is stopping and it was not done."""
         topic = record.topic
         parent = telemetry.extract_context(record.headers)
@@ -260,58 +358,73 @@ class EventConsumer:
                 except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
                     if is_retriable(exc):
                         attempt += 1
-                        telemetry.KAFKA_RETRIES.labels(topic).inc()
-                        delay = min(self._backoff[1], self._backoff[0] * 2 ** min(attempt, 10))
-                        log.warning(
-                            "retriable error, will retry",
-                            extra={
-                                "topic": topic,
-                                "offset": record.offset,
-                                "attempt": attempt,
-                                "error": exc.__class__.__name__,
-                            },
-                        )
                         span.record_exception(exc)
-                        try:
-                            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                        except TimeoutError:
+                        if await self._backoff_or_stop(topic, attempt, exc):
                             continue
                         return False
-                    if not await self._dead_letter(record, exc):
-                        return False
-                    telemetry.KAFKA_CONSUMED.labels(topic, "dead_lettered").inc()
-                    return True
+                    return await self._dead_letter(record, exc)
             telemetry.KAFKA_CONSUMED.labels(topic, "ok").inc()
             telemetry.KAFKA_HANDLE_SECONDS.labels(topic).observe(time.perf_counter() - started)
             return True
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], exc: BaseException) -> bool:
-        """Write the record to the ``.dlq`` twin with the reason; ``False`` if stopped first."""
-        reason = f"{exc.__class__.__name__}: {exc}"[:1000]
-        log.error(
-            "message dead-lettered",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": exc.__class__.__name__,
-            },
+
+class BatchConsumer(_GroupConsumer, Generic[T]):
+    """Hands each fetched batch to ``handler`` at once, so it can work on many events
+    concurrently (the sender's SMTP windows).
+
+    ``prepare`` turns each event into what the handler takes; a record that is no valid
+    event, or that ``prepare`` refuses with an error that is not retriable, is
+    dead-lettered alone. A retriable error of the handler retries the whole batch (the
+    handler is idempotent); any other stops the loop, and with it the process. Offsets are
+    committed only once the handler returned for the whole batch.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        prepare: Callable[[CloudEvent], T],
+        handler: Callable[[Sequence[T]], Awaitable[None]],
+        producer: EventProducer,
+        max_batch: int = 500,
+        retry_backoff: tuple[float, float] = (0.2, 5.0),
+    ) -> None:
+        super().__init__(
+            bootstrap=bootstrap,
+            topics=[topic],
+            group_id=group_id,
+            producer=producer,
+            max_batch=max_batch,
+            retry_backoff=retry_backoff,
         )
-        headers: list[tuple[str, bytes]] = [
-            *[(k, v) for k, v in (record.headers or ()) if not k.startswith("stepmail-dlq-")],
-            (DLQ_REASON, reason.encode()),
-            ("stepmail-dlq-topic", record.topic.encode()),
-            ("stepmail-dlq-partition", str(record.partition).encode()),
-            ("stepmail-dlq-offset", str(record.offset).encode()),
-            ("stepmail-dlq-group", self._group_id.encode()),
-        ]
+        self._topic = topic
+        self._prepare = prepare
+        self._handler = handler
+
+    async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
+        items: list[T] = []
+        for records in batch.values():
+            for record in records:
+                try:
+                    items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
+                except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
+                    if not await self._dead_letter(record, exc):
+                        return {}
+        started = time.perf_counter()
+        attempt = 0
         while True:
             try:
-                await self._producer.send_raw(
-                    Topics.dlq(record.topic), record.key, record.value, headers
-                )
-                return True
-            except RetriableError:
-                if self._stopping.is_set():
-                    return False
-                await asyncio.sleep(self._backoff[0])
+                await self._handler(items)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                attempt += 1
+                if await self._backoff_or_stop(self._topic, attempt, exc):
+                    continue
+                return {}
+            break
+        telemetry.KAFKA_CONSUMED.labels(self._topic, "ok").inc(len(items))
+        telemetry.KAFKA_HANDLE_SECONDS.labels(self._topic).observe(time.perf_counter() - started)
+        return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

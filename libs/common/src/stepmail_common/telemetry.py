@@ -17,7 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 KAFKA_CONSUMED = Counter(
     "stepmail_kafka_messages_consumed_total",
@@ -37,6 +37,11 @@ KAFKA_HANDLE_SECONDS = Histogram(
     "Time to handle one consumed message",
     ["topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+KAFKA_CONSUMER_LAG = Gauge(
+    "stepmail_kafka_consumer_lag",
+    "Messages not yet consumed, per topic and partition, as of the last fetch",
+    ["topic", "partition"],
 )
 HTTP_REQUESTS = Counter(
     "stepmail_http_requests_total", "HTTP requests served", ["method", "route", "status"]

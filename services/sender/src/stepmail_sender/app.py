@@ -7,7 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.kafka import EventConsumer
+from stepmail_common.kafka import BatchConsumer, EventConsumer
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
@@ -18,10 +18,9 @@ from stepmail_common.webapp import (
     start_background,
     start_together,
 )
-from stepmail_sender.consumer import BatchConsumer
 from stepmail_sender.delivery import Deliverer, RetryPolicy, Signer, Transport
 from stepmail_sender.dkimsign import DkimSigner, load_keys
-from stepmail_sender.handlers import feedback_dispatcher
+from stepmail_sender.handlers import feedback_dispatcher, rendered_mail
 from stepmail_sender.ledger import Ledger
 from stepmail_sender.loops import Recovery, Retrier
 from stepmail_sender.owners import OwnerLease
@@ -131,6 +130,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 bootstrap=settings.kafka_bootstrap_servers,
                 topic=topics.mail_rendered,
                 group_id=settings.consumer_group("sender"),
+                prepare=rendered_mail,
                 handler=deliverer.handle_many,
                 producer=producer,
                 max_batch=settings.sender_batch_max,

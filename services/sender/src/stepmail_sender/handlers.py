@@ -1,19 +1,32 @@
 """Handlers of consumed feedback: one function per event type, dependencies as arguments.
 
-Rendered mails are consumed in batches by ``consumer.BatchConsumer`` straight into
-``Deliverer.handle_many``; what arrives here are the events that stop mail: opt-outs,
+Rendered mails are consumed in batches (``stepmail_common.kafka.BatchConsumer``), each
+event made a ``RenderedMail`` by ``rendered_mail`` and the batch handed to
+``Deliverer.handle_many``; the other handlers take the events that stop mail: opt-outs,
 complaints and bounces from ``engagement-events`` and erasures from ``contact-events``.
 """
 
 import logging
 
 from stepmail_common import event_types
+from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import Handler
 from stepmail_sender import metrics
+from stepmail_sender.domain import RenderedMail
 from stepmail_sender.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+
+def rendered_mail(event: CloudEvent) -> RenderedMail:
+    """A ``mail-rendered`` event as a mail; ``PermanentError`` (dead-lettered) says why not."""
+    if event.type != event_types.MAIL_RENDERED:
+        raise PermanentError(f"unexpected event type {event.type!r} on mail-rendered")
+    try:
+        return RenderedMail.from_data(event.data)
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(f"rendered mail lacks {exc}") from exc
 
 
 async def unsubscribed(event: CloudEvent, ledger: Ledger) -> None:

@@ -36,11 +36,6 @@ THROTTLED = Counter(
 RETRIES_PENDING = Gauge(
     "stepmail_sender_retries_pending", "Mails in the ledger waiting for their next attempt"
 )
-CONSUMER_LAG = Gauge(
-    "stepmail_sender_consumer_lag",
-    "Records of mail-rendered not yet consumed, by partition assigned to this process",
-    ["partition"],
-)
 DELIVERY_SECONDS = Histogram(
     "stepmail_sender_delivery_seconds",
     "From a mail's arrival in the ledger to the server's acceptance",
