@@ -30,7 +30,7 @@ run: install ## Start the whole platform with embedded Postgres, broker and SMTP
 	$(VENV)/bin/stepmail-dev run
 
 .PHONY: test
-test: install ## Lint, type-check, then unit, integration and end-to-end tests
+test: install promtool ## Lint, type-check, then unit, integration and end-to-end tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -71,4 +71,14 @@ debian-tools: ## Install Postfix's smtp-sink/smtp-source (Debian, as root) when 
 		echo "debian-tools: not root or no apt-get; install Debian's postfix for smtp-sink/smtp-source (benchmarks fall back to aiosmtpd)"; \
 	else \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; \
+	fi
+
+.PHONY: promtool
+promtool: ## Install promtool (Debian's prometheus package, as root) when missing
+	@if command -v promtool >/dev/null 2>&1; then \
+		echo "promtool: already present"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "promtool: not root or no apt-get; install Debian's prometheus for promtool (its tests are skipped)"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
 	fi
