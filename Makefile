@@ -30,7 +30,7 @@ run: install ## Start the whole platform with embedded Postgres, broker and SMTP
 	$(VENV)/bin/stepmail-dev run
 
 .PHONY: test
-test: install promtool ## Lint, type-check, then unit, integration and end-to-end tests
+test: install promtool chromium ## Lint, type-check, then unit, integration and end-to-end tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -81,4 +81,14 @@ promtool: ## Install promtool (Debian's prometheus package, as root) when missin
 		echo "promtool: not root or no apt-get; install Debian's prometheus for promtool (its tests are skipped)"; \
 	else \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; \
+	fi
+
+.PHONY: chromium
+chromium: ## Install Debian's chromium for the browser test (as root) when missing
+	@if [ "$${STEPMAIL_SKIP_BROWSER:-}" = 1 ] || command -v chromium >/dev/null 2>&1; then \
+		true; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "chromium: not root or no apt-get; install Debian's chromium, or set STEPMAIL_SKIP_BROWSER=1 to skip the browser test"; \
+	else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
 	fi
