@@ -188,6 +188,7 @@ class _GroupConsumer:
             heartbeat_interval_ms=1_000,
         )
         self._started = False
+        self._reported: set[TopicPartition] = set()
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -201,6 +202,9 @@ class _GroupConsumer:
         if self._started:
             self._started = False
             await self._consumer.stop()
+        for tp in self._reported:
+            telemetry.KAFKA_CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
+        self._reported.clear()
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -248,9 +252,30 @@ class _GroupConsumer:
                 extra={"error": exc.__class__.__name__},
             )
 
+    def _process_attributes(self, record: "ConsumerRecord[bytes, bytes]") -> dict[str, str | int]:
+        """Messaging attributes of a ``process`` span; the key is a contact id, never
+        personal data."""
+        return {
+            "messaging.system": "kafka",
+            "messaging.destination.name": record.topic,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": self._group_id,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            **({"messaging.kafka.message.key": record.key.decode()} if record.key else {}),
+        }
+
     async def _observe_lag(self) -> None:
-        """Lag per assigned partition, from what the last fetch told about the log's end."""
-        for tp in self._consumer.assignment():
+        """Lag per assigned partition, from what the last fetch told about the log's end.
+
+        A partition that a rebalance moved to another process loses its series here, so
+        the sum over processes counts each partition once.
+        """
+        assigned = set(self._consumer.assignment())
+        for tp in self._reported - assigned:
+            telemetry.KAFKA_CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
+        self._reported &= assigned
+        for tp in assigned:
             high = self._consumer.highwater(tp)
             if high is None:
                 continue
@@ -258,9 +283,10 @@ class _GroupConsumer:
                 position = await self._consumer.position(tp)
             except (IllegalStateError, KafkaError):
                 continue
-            telemetry.KAFKA_CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+            telemetry.KAFKA_CONSUMER_LAG.labels(self._group_id, tp.topic, str(tp.partition)).set(
                 max(0, high - position)
             )
+            self._reported.add(tp)
 
     async def _dead_letter(
         self, record: "ConsumerRecord[bytes, bytes]", exc: BaseException
@@ -342,15 +368,7 @@ class EventConsumer(_GroupConsumer):
                 f"process {topic}",
                 context=parent,
                 kind=trace.SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": topic,
-                    "messaging.operation.type": "process",
-                    "messaging.consumer.group.name": self._group_id,
-                    "messaging.destination.partition.id": str(record.partition),
-                    "messaging.kafka.offset": record.offset,
-                    **({"messaging.kafka.message.key": record.key.decode()} if record.key else {}),
-                },
+                attributes=self._process_attributes(record),
             ) as span:
                 try:
                     event = CloudEvent.from_json(record.value or b"")
@@ -404,12 +422,36 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         self._handler = handler
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
+        spans: list[trace.Span] = []
+        try:
+            return await self._process_traced(batch, spans)
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _process_traced(
+        self, batch: Batch, spans: list[trace.Span]
+    ) -> dict[TopicPartition, int]:
+        """Each record gets a ``process`` span, child of its producer's, open until the
+        batch is done; ``prepare`` runs inside it, so what it builds can carry the trace
+        on (``telemetry.trace_carrier()``)."""
         items: list[T] = []
         for records in batch.values():
             for record in records:
+                span = tracer.start_span(
+                    f"process {record.topic}",
+                    context=telemetry.extract_context(record.headers),
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes=self._process_attributes(record),
+                )
+                spans.append(span)
                 try:
-                    items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
+                    with trace.use_span(
+                        span, record_exception=False, set_status_on_exception=False
+                    ):
+                        items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
+                    span.record_exception(exc)
                     if not await self._dead_letter(record, exc):
                         return {}
         started = time.perf_counter()

@@ -17,7 +17,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# ``*_created`` series double the count of every counter and histogram and no query of
+# ours reads them (Prometheus' text format has no use for them).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 KAFKA_CONSUMED = Counter(
     "stepmail_kafka_messages_consumed_total",
@@ -40,8 +44,9 @@ KAFKA_HANDLE_SECONDS = Histogram(
 )
 KAFKA_CONSUMER_LAG = Gauge(
     "stepmail_kafka_consumer_lag",
-    "Messages not yet consumed, per topic and partition, as of the last fetch",
-    ["topic", "partition"],
+    "Messages not yet consumed by this process, per consumer group, topic and assigned"
+    " partition, as of the last fetch",
+    ["group", "topic", "partition"],
 )
 HTTP_REQUESTS = Counter(
     "stepmail_http_requests_total", "HTTP requests served", ["method", "route", "status"]

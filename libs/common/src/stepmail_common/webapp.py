@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,8 +22,72 @@ from stepmail_common import telemetry
 from stepmail_common.problems import Problem, install_problem_handlers
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("stepmail.http")
 
 ReadinessCheck = Callable[[], Awaitable[object]]
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Probes and scrapes: frequent, and of no interest in a trace.
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _method(scope: Scope) -> str:
+    """The request method, or ``_OTHER``: a client must not be able to mint label values."""
+    method = str(scope["method"])
+    return method if method in _METHODS else "_OTHER"
+
+
+def _route(scope: Scope) -> str | None:
+    route = scope.get("route")
+    return None if route is None else str(getattr(route, "path", None) or "") or None
+
+
+class RequestTracing:
+    """A server span per request that continues the caller's ``traceparent``, if any.
+
+    Named ``<method> <route template>`` (never the raw path, which may hold tokens). With
+    the no-op tracer (no exporter configured) it still carries an incoming trace on to the
+    events the request publishes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in _UNTRACED:
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        method = _method(scope)
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracer.start_as_current_span(
+            method,
+            context=propagate.extract(carrier) if carrier else None,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.scheme": scope.get("scheme", "http")},
+        ) as span:
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = _route(scope)
+                if route is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
 
 
 class RequestMetrics:
@@ -51,9 +116,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = str(getattr(route, "path", "unmatched"))
-            method = scope["method"]
+            template = _route(scope) or "unmatched"
+            method = _method(scope)
             telemetry.HTTP_REQUESTS.labels(method, template, str(status)).inc()
             telemetry.HTTP_SECONDS.labels(method, template).observe(time.perf_counter() - started)
 
@@ -95,6 +159,7 @@ def install_common(app: FastAPI, checks: dict[str, ReadinessCheck]) -> None:
     app.include_router(ops_router(checks))
 
     app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestTracing)
 
 
 def supervise(coro: Coroutine[Any, Any, None], name: str) -> "asyncio.Task[None]":
