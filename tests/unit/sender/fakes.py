@@ -50,11 +50,13 @@ class FakeLedger:
     async def accept_many(self, mails, at: datetime) -> int:
         return sum([await self.accept(m, at) for m in mails])
 
-    async def claim_many(self, message_ids, owner: int, at: datetime) -> list[Delivery]:
+    async def claim_many(
+        self, message_ids, owner: int, at: datetime, traces=None
+    ) -> list[Delivery]:
         claimed = [await self.claim(m, owner, at) for m in message_ids]
         return [c for c in claimed if c is not None]
 
-    async def finish_many(self, done, at: datetime) -> list[Delivery]:
+    async def finish_many(self, done, at: datetime, traces=None) -> list[Delivery]:
         finished = [await self.finish(c, o, at) for c, o in done]
         return [f for f in finished if f is not None]
 

@@ -52,11 +52,14 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, TypeVar
 
+from opentelemetry import trace
+
+from stepmail_common import telemetry
 from stepmail_common.clock import Clock
 from stepmail_common.errors import PermanentError, RetriableError, is_retriable
 from stepmail_sender import metrics
@@ -66,6 +69,9 @@ from stepmail_sender.smtp import Reply, Verdict, dsn_of, is_hard_bounce
 from stepmail_sender.throttle import Throttle
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("stepmail.sender")
+
+Traces = Mapping[str, dict[str, str]]
 
 # States in which a mail's fate is known and nothing more will be done with it.
 _SETTLED = frozenset({"sent", "failed", "suppressed", "deferred"})
@@ -159,7 +165,10 @@ class Deliverer:
         for start in range(0, len(pending), self._window):
             chunk = pending[start : start + self._window]
             await self._deliver_window(
-                [m.message_id for m in chunk], {m.message_id: m.parcel for m in chunk}, wait=True
+                [m.message_id for m in chunk],
+                {m.message_id: m.parcel for m in chunk},
+                wait=True,
+                traces={m.message_id: m.trace for m in chunk if m.trace},
             )
 
     async def retry_due(self, limit: int = 200) -> int:
@@ -175,14 +184,24 @@ class Deliverer:
         return self._clock.now()
 
     async def _deliver_window(
-        self, message_ids: list[str], parcels: dict[str, Parcel] | None, *, wait: bool
+        self,
+        message_ids: list[str],
+        parcels: dict[str, Parcel] | None,
+        *,
+        wait: bool,
+        traces: Traces | None = None,
     ) -> None:
-        """Claim a window in one statement, send it concurrently, record it in one transaction."""
+        """Claim a window in one statement, send it concurrently, record it in one transaction.
+
+        ``traces`` (by message id) puts each mail's handover and delivery events in the
+        trace of the record that brought it.
+        """
+        traces = traces or {}
         for message_id in message_ids:
             self._in_hand[message_id] += 1
         try:
             claimed = await self._retrying(
-                lambda: self._ledger.claim_many(message_ids, self.owner, self._now())
+                lambda: self._ledger.claim_many(message_ids, self.owner, self._now(), traces)
             )
             for row in claimed:
                 if row.state == "suppressed":
@@ -191,9 +210,11 @@ class Deliverer:
             if parcels is None or any(c.resend for c in sending):
                 stored = await self._ledger.parcels([c.message_id for c in sending])
                 parcels = {**stored, **(parcels or {})}
-            results = await self._send_window(sending, parcels)
+            results = await self._send_window(sending, parcels, traces)
             outcomes = [(c, o) for c, o in results if isinstance(o, Outcome)]
-            recorded = await self._retrying(lambda: self._ledger.finish_many(outcomes, self._now()))
+            recorded = await self._retrying(
+                lambda: self._ledger.finish_many(outcomes, self._now(), traces)
+            )
             self._observe(recorded)
             lost = {c.message_id for c, _ in outcomes} - {d.message_id for d in recorded}
             for claim_lost in (c for c, _ in outcomes if c.message_id in lost):
@@ -220,7 +241,7 @@ class Deliverer:
             )
 
     async def _send_window(
-        self, sending: list[Delivery], parcels: dict[str, Parcel]
+        self, sending: list[Delivery], parcels: dict[str, Parcel], traces: Traces
     ) -> list[tuple[Delivery, Outcome | Reply]]:
         """Send the claimed mails concurrently; a ``Reply`` result is an unknown outcome."""
         by_domain: dict[str, list[Delivery]] = collections.defaultdict(list)
@@ -234,7 +255,7 @@ class Deliverer:
 
         async def one(row: Delivery) -> None:
             parcel = parcels[row.message_id]
-            results.append((row, await self._send_one(row, parcel)))
+            results.append((row, await self._send_one(row, parcel, traces.get(row.message_id))))
 
         async def domain_group(domain: str, rows: list[Delivery]) -> None:
             tasks: list[asyncio.Task[None]] = []
@@ -252,7 +273,29 @@ class Deliverer:
         await asyncio.gather(*(domain_group(d, rows) for d, rows in by_domain.items()))
         return results
 
-    async def _send_one(self, claimed: Delivery, parcel: Parcel) -> Outcome | Reply:
+    async def _send_one(
+        self, claimed: Delivery, parcel: Parcel, carrier: dict[str, str] | None = None
+    ) -> Outcome | Reply:
+        """One handover in a client span, in the mail's trace (``carrier``) when known."""
+        with tracer.start_as_current_span(
+            "handover",
+            context=telemetry.context_from_carrier(carrier),
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "stepmail.message_id": claimed.message_id,
+                "stepmail.attempt": claimed.attempt,
+            },
+        ) as span:
+            result = await self._hand_over(claimed, parcel)
+            if isinstance(result, Reply):
+                span.set_attribute("stepmail.handover.verdict", result.verdict.value)
+            else:
+                span.set_attribute("stepmail.handover.outcome", result.state)
+                if result.code is not None:
+                    span.set_attribute("stepmail.smtp.code", result.code)
+            return result
+
+    async def _hand_over(self, claimed: Delivery, parcel: Parcel) -> Outcome | Reply:
         if claimed.resend:
             metrics.RESENDS.inc()
         try:

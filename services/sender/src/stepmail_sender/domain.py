@@ -61,9 +61,12 @@ class RenderedMail:
     step_index: int
     mail_kind: str
     parcel: Parcel
+    # The consumed record's trace (``traceparent``), carried on to the handover and to the
+    # delivery events of this mail.
+    trace: dict[str, str] | None = None
 
     @classmethod
-    def from_data(cls, data: dict[str, Any]) -> "RenderedMail":
+    def from_data(cls, data: dict[str, Any], trace: dict[str, str] | None = None) -> "RenderedMail":
         """Build from already schema-validated event data."""
         return cls(
             message_id=data["message_id"],
@@ -78,6 +81,7 @@ class RenderedMail:
                 Envelope(data["envelope"]["mail_from"], data["envelope"]["rcpt_to"]),
                 data["mime"],
             ),
+            trace=trace,
         )
 
 

@@ -8,7 +8,7 @@ complaints and bounces from ``engagement-events`` and erasures from ``contact-ev
 
 import logging
 
-from stepmail_common import event_types
+from stepmail_common import event_types, telemetry
 from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import Handler
@@ -20,11 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def rendered_mail(event: CloudEvent) -> RenderedMail:
-    """A ``mail-rendered`` event as a mail; ``PermanentError`` (dead-lettered) says why not."""
+    """A ``mail-rendered`` event as a mail; ``PermanentError`` (dead-lettered) says why not.
+
+    Runs inside the record's ``process`` span: the mail keeps that trace.
+    """
     if event.type != event_types.MAIL_RENDERED:
         raise PermanentError(f"unexpected event type {event.type!r} on mail-rendered")
     try:
-        return RenderedMail.from_data(event.data)
+        return RenderedMail.from_data(event.data, telemetry.trace_carrier() or None)
     except (KeyError, TypeError) as exc:
         raise PermanentError(f"rendered mail lacks {exc}") from exc
 

@@ -9,7 +9,7 @@ publish delays the event; it never loses it.
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -96,12 +96,26 @@ class Ledger:
             await self._with_events([delivery], conn, at)
 
     async def _with_events(
-        self, deliveries: Sequence[Delivery], conn: repository.Conn, at: datetime
+        self,
+        deliveries: Sequence[Delivery],
+        conn: repository.Conn,
+        at: datetime,
+        traces: Mapping[str, dict[str, str]] | None = None,
     ) -> None:
+        """Outbox events of ``deliveries``, each in its mail's trace when ``traces`` has it."""
         if deliveries:
+            traces = traces or {}
             await add_to_outbox(
                 conn,
-                [OutboxEvent(self._topic, d.contact_id, delivery_event(d, at)) for d in deliveries],
+                [
+                    OutboxEvent(
+                        self._topic,
+                        d.contact_id,
+                        delivery_event(d, at),
+                        traces.get(d.message_id),
+                    )
+                    for d in deliveries
+                ],
             )
 
     def address_hash(self, address: str) -> str:
@@ -115,24 +129,31 @@ class Ledger:
         return await repository.insert_many(self._pool, mails, hashes, at)
 
     async def claim_many(
-        self, message_ids: Sequence[str], owner: int, at: datetime
+        self,
+        message_ids: Sequence[str],
+        owner: int,
+        at: datetime,
+        traces: Mapping[str, dict[str, str]] | None = None,
     ) -> list[Delivery]:
         async with self._pool.acquire() as conn, conn.transaction():
             claimed = await repository.claim_many(conn, message_ids, owner, at)
-            await self._with_events(claimed, conn, at)
+            await self._with_events(claimed, conn, at, traces)
         if claimed:
             self.outbox_ready.set()
         return claimed
 
     async def finish_many(
-        self, done: Sequence[tuple[Delivery, Outcome]], at: datetime
+        self,
+        done: Sequence[tuple[Delivery, Outcome]],
+        at: datetime,
+        traces: Mapping[str, dict[str, str]] | None = None,
     ) -> list[Delivery]:
         """Record outcomes; hard bounces suppress the address in the same transaction."""
         if not done:
             return []
         async with self._pool.acquire() as conn, conn.transaction():
             finished = await repository.finish_many(conn, done, at)
-            await self._with_events(finished, conn, at)
+            await self._with_events(finished, conn, at, traces)
             hard = {d.message_id for d in finished if d.bounce == "hard"}
             for claimed, _ in done:
                 if claimed.message_id in hard:
