@@ -4,6 +4,7 @@ import ipaddress
 
 from pydantic import model_validator
 
+from stepmail_common.preferences import DEFAULT_TOPICS, parse_topics
 from stepmail_common.settings import CommonSettings
 from stepmail_common.signing import parse_keys
 
@@ -19,7 +20,8 @@ class TrackerSettings(CommonSettings):
     # How long a click or open waits for the broker before the person is answered anyway.
     tracker_click_publish_timeout_seconds: float = 2.0
     # Preference-centre topics: ``key=日本語/English,...``; empty shows no topic choice.
-    tracker_topics: str = "news=お知らせ/News,campaign=キャンペーン/Campaigns"
+    # The orchestrator reads the same variable to check the topics scenarios name.
+    tracker_topics: str = DEFAULT_TOPICS
     # Opens and clicks this soon after delivery are a machine's (scanner, prefetch).
     tracker_machine_window_seconds: float = 10.0
     tracker_proxy_cidrs: str = DEFAULT_PROXY_CIDRS
@@ -59,15 +61,7 @@ class TrackerSettings(CommonSettings):
 
     def topics(self) -> dict[str, tuple[str, str]]:
         """Topic key → (Japanese label, English label), in the configured order."""
-        topics: dict[str, tuple[str, str]] = {}
-        for item in filter(None, (p.strip() for p in self.tracker_topics.split(","))):
-            key, sep, labels = item.partition("=")
-            ja, _, en = labels.partition("/")
-            key = key.strip()
-            if not sep or not key.isascii() or not key.replace("-", "_").isidentifier():
-                raise ValueError("TRACKER_TOPICS must be 'key=日本語/English,...'")
-            topics[key] = (ja.strip() or key, en.strip() or ja.strip() or key)
-        return topics
+        return parse_topics(self.tracker_topics)
 
     def sns_topic_arns(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.tracker_sns_topic_arns.split(",") if p.strip())
