@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,12 @@ tracer = trace.get_tracer("stepmail.http")
 
 ReadinessCheck = Callable[[], Awaitable[object]]
 
+
+# FastAPI's own OpenTelemetry spans are off (``FastAPI(telemetry=FASTAPI_TELEMETRY)``):
+# they record the raw path and query, which hold the tracker's tokens, and they start
+# only with an SDK tracer, while ``RequestTracing`` also passes a caller's trace on when
+# nothing is exported.
+FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False}
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Probes and scrapes: frequent, and of no interest in a trace.

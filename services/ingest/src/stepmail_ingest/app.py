@@ -24,7 +24,12 @@ from stepmail_common.loops import PeriodicLoop
 from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import dependency_checks, install_common, start_background
+from stepmail_common.webapp import (
+    FASTAPI_TELEMETRY,
+    dependency_checks,
+    install_common,
+    start_background,
+)
 from stepmail_ingest import metrics
 from stepmail_ingest.adapters import segment, shopify
 from stepmail_ingest.auth import ApiKeys, hash_api_key, new_api_key, unauthorized
@@ -247,6 +252,7 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="stepmail ingest",
         version="1.0.0",
         summary="Customer events and contact updates in; CloudEvents on Kafka out.",

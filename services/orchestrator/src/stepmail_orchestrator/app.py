@@ -18,6 +18,7 @@ from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import (
+    FASTAPI_TELEMETRY,
     admin_guard,
     dependency_checks,
     install_common,
@@ -160,6 +161,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="stepmail orchestrator",
         version="1.0.0",
         summary="Scenarios, enrollments, their timers and their stats.",

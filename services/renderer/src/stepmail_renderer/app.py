@@ -11,7 +11,12 @@ from stepmail_common.kafka import EventConsumer
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.signing import parse_keys
 from stepmail_common.topics import Topics
-from stepmail_common.webapp import dependency_checks, install_common, start_background
+from stepmail_common.webapp import (
+    FASTAPI_TELEMETRY,
+    dependency_checks,
+    install_common,
+    start_background,
+)
 from stepmail_renderer import metrics
 from stepmail_renderer.api import TemplateService, install_api
 from stepmail_renderer.handlers import StepDueHandler
@@ -97,6 +102,7 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="stepmail renderer",
         version="1.0.0",
         summary="Due steps in; personalised, tracked, compliant MIME mails out.",

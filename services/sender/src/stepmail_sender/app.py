@@ -13,6 +13,7 @@ from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.topics import Topics
 from stepmail_common.webapp import (
+    FASTAPI_TELEMETRY,
     dependency_checks,
     install_common,
     start_background,
@@ -149,6 +150,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="stepmail sender",
         version="1.0.0",
         summary="Rendered mails in; SMTP handover once per message id; delivery events out.",

@@ -18,7 +18,12 @@ from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.signing import Signer
 from stepmail_common.topics import Topics
 from stepmail_common.tracking import ClickToken, MailRef, OpenToken, UnsubscribeToken
-from stepmail_common.webapp import dependency_checks, install_common, start_background
+from stepmail_common.webapp import (
+    FASTAPI_TELEMETRY,
+    dependency_checks,
+    install_common,
+    start_background,
+)
 from stepmail_tracker import feedback, metrics, pages
 from stepmail_tracker.bots import machine_reason
 from stepmail_tracker.handlers import dispatcher
@@ -123,6 +128,7 @@ def create_app(
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="stepmail tracker",
         version="1.0.0",
         summary="Open pixel, click redirects, unsubscribes and ESP feedback for stepmail's mails.",
