@@ -381,6 +381,53 @@ async def test_unsubscribe_ends_marketing_enrollments(env):
     assert (await env.enrollment("c-1"))["exit_reason"] == "opted_out"
 
 
+async def test_a_topic_opt_out_skips_that_topic_only_until_resubscribed(env):
+    await env.scenario(
+        {
+            "id": "newsletter",
+            "topic": "news",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "news1", "send": {"template": "n1"}},
+                {"id": "sale", "wait": "1d", "send": {"template": "s1", "topic": "campaign"}},
+                {"id": "news2", "wait": "1d", "send": {"template": "n2"}},
+                {"id": "news3", "wait": "1d", "send": {"template": "n3"}},
+            ],
+        }
+    )
+    await env.consent("c-1")
+    await env.event("c-1", "signup")
+    message_id = await env.pool.fetchval("SELECT message_id FROM messages")
+    common = {"contact_id": "c-1", "mail_kind": "marketing", "method": "page"}
+    await env.feedback(
+        CloudEvent(
+            type=event_types.ENGAGEMENT_UNSUBSCRIBED,
+            source="urn:test",
+            subject="c-1",
+            data={**common, "message_id": message_id, "topics": ["news"], "at": START.isoformat()},
+        )
+    )
+    await env.run_until(START + _days(2) + timedelta(hours=1))
+    await env.feedback(
+        CloudEvent(
+            type=event_types.ENGAGEMENT_RESUBSCRIBED,
+            source="urn:test",
+            subject="c-1",
+            data={**common, "message_id": message_id, "at": env.clock.now().isoformat()},
+        )
+    )
+    await env.run_until(START + _days(4))
+    rows = await env.pool.fetch("SELECT event FROM outbox ORDER BY id")
+    # news2 was due while "news" was dropped: skipped; the campaign mail and, after the
+    # re-subscription, news3 go; the enrollment itself was never ended.
+    assert [(r["event"]["data"]["step"]["id"], r["event"]["data"].get("topic")) for r in rows] == [
+        ("news1", "news"),
+        ("sale", "campaign"),
+        ("news3", "news"),
+    ]
+    assert (await env.enrollment("c-1"))["status"] == "completed"
+
+
 async def test_holdout_gets_nothing_and_variants_split(env):
     await env.scenario(
         {

@@ -87,6 +87,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
     topics = Topics(settings.kafka_topic_prefix)
     progress_rules = contact_rules(settings)
     progress = Progress(topics, progress_rules)
+    offered_topics = tuple(settings.topics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,7 +95,9 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             pool = await open_database(stack, settings, settings.db_schema, "stepmail_orchestrator")
             if settings.orchestrator_scenarios_dir:
                 async with pool.acquire() as conn:
-                    for scenario in load_dir(Path(settings.orchestrator_scenarios_dir)):
+                    for scenario in load_dir(
+                        Path(settings.orchestrator_scenarios_dir), offered_topics
+                    ):
                         version, created = await repository.save_scenario(conn, scenario)
                         log.info(
                             "scenario loaded",
@@ -194,7 +197,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
     )
     async def validate_scenario(doc: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
         try:
-            scenario = parse_scenario(doc, str(doc.get("id", "scenario")))
+            scenario = parse_scenario(doc, str(doc.get("id", "scenario")), offered_topics)
         except ScenarioError as exc:
             raise _invalid(exc) from None
         return {"valid": True, "id": scenario.id, "templates": sorted(scenario.templates)}
@@ -223,7 +226,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 errors=[{"field": "id", "detail": f"must be {scenario_id!r}"}],
             )
         try:
-            scenario = parse_scenario({**doc, "id": scenario_id}, scenario_id)
+            scenario = parse_scenario({**doc, "id": scenario_id}, scenario_id, offered_topics)
         except ScenarioError as exc:
             raise _invalid(exc) from None
         async with request.app.state.pool.acquire() as conn:

@@ -176,6 +176,13 @@ def hold_until(
     return None if moment <= now else moment
 
 
+def topic_opted_out(contact: Mapping[str, Any], mail_kind: str, topic: str | None) -> bool:
+    """Whether the contact dropped ``topic`` of that kind on the preference page."""
+    if topic is None:
+        return False
+    return topic in ((contact.get("opted_out_topics") or {}).get(mail_kind) or ())
+
+
 def has_consent(contact: Mapping[str, Any], mail_kind: str) -> bool:
     """Marketing mail needs an opt-in on record; transactional mail needs no withdrawal."""
     record = (contact.get("consent") or {}).get(mail_kind) or {}

@@ -220,6 +220,10 @@ class Progress:
         if not engine.has_consent(contact, scenario.mail_kind):
             metrics.STEPS_SKIPPED.labels(scenario.id, "no_consent").inc()
             return "skipped"
+        topic = step.action.topic
+        if engine.topic_opted_out(contact, scenario.mail_kind, topic):
+            metrics.STEPS_SKIPPED.labels(scenario.id, "topic_opted_out").inc()
+            return "skipped"
         if scenario.mail_kind == "marketing" and hold:
             held = engine.hold_until(
                 self._rules,
@@ -234,32 +238,35 @@ class Progress:
                 due = held
         variant = engine.choose_variant(step.action.variants, scenario.id, step.id, contact["id"])
         mid = message_id(str(enrollment.id), index)
+        data: dict[str, Any] = {
+            "message_id": mid,
+            "enrollment_id": str(enrollment.id),
+            "scenario": {"id": scenario.id, "version": enrollment.scenario_version},
+            "step": {"id": step.id, "index": index},
+            "template": variant.template,
+            "variant": variant.name,
+            "mail_kind": scenario.mail_kind,
+            "contact": {
+                k: v
+                for k, v in contact.items()
+                if k in ("id", "email", "name", "locale", "time_zone", "attributes")
+                and v is not None
+            },
+            "event": {
+                "name": enrollment.trigger_event.get("name", ""),
+                "properties": enrollment.trigger_event.get("properties", {}),
+            },
+            "due_at": due.isoformat(),
+        }
+        if topic is not None:
+            data["topic"] = topic
         event = CloudEvent(
             type=event_types.STEP_DUE,
             source=SOURCE,
             subject=contact["id"],
             id=derived_id("step-due", mid),
             time=now,
-            data={
-                "message_id": mid,
-                "enrollment_id": str(enrollment.id),
-                "scenario": {"id": scenario.id, "version": enrollment.scenario_version},
-                "step": {"id": step.id, "index": index},
-                "template": variant.template,
-                "variant": variant.name,
-                "mail_kind": scenario.mail_kind,
-                "contact": {
-                    k: v
-                    for k, v in contact.items()
-                    if k in ("id", "email", "name", "locale", "time_zone", "attributes")
-                    and v is not None
-                },
-                "event": {
-                    "name": enrollment.trigger_event.get("name", ""),
-                    "properties": enrollment.trigger_event.get("properties", {}),
-                },
-                "due_at": due.isoformat(),
-            },
+            data=data,
         )
         # The mail continues the trace of the event that enrolled the contact: the relay's
         # "send" span becomes a child of that trace.

@@ -8,6 +8,7 @@ Every error names the file, the field and what is wrong.
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import time, timedelta
 from functools import cache
@@ -68,6 +69,8 @@ class Variant:
 @dataclass(frozen=True, slots=True)
 class Send:
     variants: tuple[Variant, ...]
+    # The preference-centre topic of the mail: the step's own, else the scenario's.
+    topic: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,7 @@ class Scenario:
     holdout_percent: float
     steps: tuple[Step, ...]
     definition: dict[str, Any]
+    topic: str | None = None
 
     def to_definition(self) -> dict[str, Any]:
         return self.definition
@@ -204,16 +208,18 @@ def _wait(raw: Any) -> Wait:
     )
 
 
-def _action(raw: dict[str, Any]) -> Action:
+def _action(raw: dict[str, Any], topic: str | None) -> Action:
     if "send" in raw:
         send = raw["send"]
+        topic = send.get("topic", topic)
         if "template" in send:
-            return Send((Variant("a", send["template"], 1.0),))
+            return Send((Variant("a", send["template"], 1.0),), topic)
         return Send(
             tuple(
                 Variant(v.get("name", chr(ord("a") + i)), v["template"], float(v["weight"]))
                 for i, v in enumerate(send["variants"])
-            )
+            ),
+            topic,
         )
     if "branch" in raw:
         cases = tuple((c["if"], c["goto"]) for c in raw["branch"]["cases"])
@@ -233,8 +239,15 @@ def _action(raw: dict[str, Any]) -> Action:
 _ACTIONS = ("send", "branch", "update", "notify", "enter", "end")
 
 
-def parse_scenario(doc: object, where: str = "scenario") -> Scenario:
-    """Check ``doc`` and build the ``Scenario``; ``ScenarioError`` names ``where`` and the field."""
+def parse_scenario(
+    doc: object, where: str = "scenario", topics: Collection[str] | None = None
+) -> Scenario:
+    """Check ``doc`` and build the ``Scenario``; ``ScenarioError`` names ``where`` and the field.
+
+    ``topics``: the preference-centre topics on offer (``TRACKER_TOPICS``); a topic the
+    scenario names must be one of them. ``None`` checks only the form of a topic, as for
+    stored versions, which were checked when they were saved.
+    """
 
     def fail(fieldname: str, what: str) -> ScenarioError:
         return ScenarioError(f"{where}: {fieldname}: {what}")
@@ -263,6 +276,15 @@ def parse_scenario(doc: object, where: str = "scenario") -> Scenario:
                 _check_condition(case["if"], f"steps[{i}].branch.cases[{j}].if", fail)
         if raw.get("enter", {}).get("scenario") == doc["id"]:
             raise fail(f"steps[{i}].enter.scenario", "a scenario cannot enter itself")
+    mail_kind = doc.get("mail_kind", "marketing")
+    named = [("topic", doc["topic"])] if "topic" in doc else []
+    named += [
+        (f"steps[{i}].send.topic", raw["send"]["topic"])
+        for i, raw in enumerate(steps_raw)
+        if "topic" in raw.get("send", {})
+    ]
+    for fieldname, topic in named:
+        _check_topic(topic, mail_kind, topics, fieldname, fail)
     trigger_raw = doc["trigger"]
     if "where" in trigger_raw:
         _check_condition(trigger_raw["where"], "trigger.where", fail)
@@ -297,7 +319,7 @@ def parse_scenario(doc: object, where: str = "scenario") -> Scenario:
     return Scenario(
         id=doc["id"],
         name=str(doc.get("name", doc["id"])),
-        mail_kind=doc.get("mail_kind", "marketing"),
+        mail_kind=mail_kind,
         trigger=trigger,
         audience=doc.get("audience"),
         entry_rule=rule,
@@ -307,9 +329,22 @@ def parse_scenario(doc: object, where: str = "scenario") -> Scenario:
             for e in doc.get("exit", [])
         ),
         holdout_percent=float(doc.get("holdout_percent", 0)),
-        steps=tuple(Step(s["id"], _wait(s.get("wait")), _action(s)) for s in steps_raw),
+        steps=tuple(
+            Step(s["id"], _wait(s.get("wait")), _action(s, doc.get("topic"))) for s in steps_raw
+        ),
         definition=doc,
+        topic=doc.get("topic"),
     )
+
+
+def _check_topic(
+    topic: str, mail_kind: str, topics: Collection[str] | None, at: str, fail: Any
+) -> None:
+    if mail_kind != "marketing":
+        raise fail(at, "only marketing mail has preference-centre topics")
+    if topics is not None and topic not in topics:
+        offered = ", ".join(topics) or "none"
+        raise fail(at, f"{topic!r} is not a preference-centre topic (TRACKER_TOPICS: {offered})")
 
 
 def _check_condition(condition: Any, at: str, fail: Any) -> None:
@@ -320,14 +355,16 @@ def _check_condition(condition: Any, at: str, fail: Any) -> None:
         raise fail(field_name, what) from None
 
 
-def load_file(path: Path) -> Scenario:
+def load_file(path: Path, topics: Collection[str] | None = None) -> Scenario:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path.name}: (top): not valid YAML: {exc}") from None
-    return parse_scenario(doc, path.name)
+    return parse_scenario(doc, path.name, topics)
 
 
-def load_dir(directory: Path) -> list[Scenario]:
+def load_dir(directory: Path, topics: Collection[str] | None = None) -> list[Scenario]:
     """Every ``*.yaml``/``*.yml`` file of ``directory``, parsed."""
-    return [load_file(p) for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])]
+    return [
+        load_file(p, topics) for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    ]

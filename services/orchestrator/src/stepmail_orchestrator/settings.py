@@ -1,7 +1,8 @@
 """The orchestrator's settings."""
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
+from stepmail_common.preferences import DEFAULT_TOPICS, parse_topics
 from stepmail_common.settings import CommonSettings
 from stepmail_common.signing import standard_webhook_key
 from stepmail_orchestrator.engine import parse_window
@@ -16,6 +17,8 @@ class OrchestratorSettings(CommonSettings):
     # The timer loop wakes at once after an enrollment; this bounds the wait otherwise.
     orchestrator_timer_interval_seconds: float = 0.5
     orchestrator_timer_batch: int = 2000
+    # Timer passes in flight at once in one replica (each its own transaction).
+    orchestrator_timer_concurrency: int = Field(default=2, ge=1)
     default_time_zone: str = "Asia/Tokyo"
     default_locale: str = "ja-JP"
     # Contact-level rules for marketing mail, in each contact's time zone.
@@ -27,6 +30,9 @@ class OrchestratorSettings(CommonSettings):
     orchestrator_notify_enabled: bool = True
     # Standard Webhooks secret (whsec_ + base64) signing ``notify`` webhooks.
     orchestrator_webhook_secret: str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2hhbmdlLW1l"  # noqa: S105 - dev only
+    # The tracker's preference-centre topics (the same variable as the tracker's): a
+    # scenario or step may only name one of these.
+    tracker_topics: str = DEFAULT_TOPICS
 
     @model_validator(mode="after")
     def _check(self) -> "OrchestratorSettings":
@@ -36,4 +42,9 @@ class OrchestratorSettings(CommonSettings):
             parse_window(self.orchestrator_send_window)
         if self.orchestrator_frequency_cap:
             parse_duration(self.orchestrator_frequency_cap)
+        self.topics()
         return self
+
+    def topics(self) -> dict[str, tuple[str, str]]:
+        """The preference-centre topics on offer, as the tracker shows them."""
+        return parse_topics(self.tracker_topics)

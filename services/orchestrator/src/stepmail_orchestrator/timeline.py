@@ -70,6 +70,8 @@ def simulate(
                 out.append({**entry, "action": "skipped", "reason": "no_address"})
             elif not engine.has_consent(contact, scenario.mail_kind):
                 out.append({**entry, "action": "skipped", "reason": "no_consent"})
+            elif engine.topic_opted_out(contact, scenario.mail_kind, action.topic):
+                out.append({**entry, "action": "skipped", "reason": "topic_opted_out"})
             else:
                 # As in the timers: a mail due the moment the contact's own action enrolls
                 # them answers that action and is not held.
