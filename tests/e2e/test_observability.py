@@ -328,6 +328,7 @@ GOLDEN_SIGNALS = {
     "orchestrator": {
         "stepmail_orchestrator_steps_due_total",
         "stepmail_orchestrator_timer_lag_seconds",
+        "stepmail_orchestrator_send_latency_seconds",
         "stepmail_kafka_consumer_lag",
     },
     "renderer": {"stepmail_renderer_mails_rendered_total", "stepmail_kafka_consumer_lag"},
@@ -353,7 +354,15 @@ FORBIDDEN_LABELS = {"contact", "contact_id", "message_id", "email", "address", "
 def test_metrics_pass_promtool_and_hold_nothing_personal(
     platform: harness.Platform, signup: Signup, service: str
 ):
-    text = httpx.get(f"{platform.url(service)}/metrics", timeout=5).text
+    def scrape() -> str | None:
+        text = httpx.get(f"{platform.url(service)}/metrics", timeout=5).text
+        # The orchestrator observes the welcome mail's latency once its ``sent`` came back.
+        done = (
+            service != "orchestrator" or "stepmail_orchestrator_send_latency_seconds_count" in text
+        )
+        return text if done else None
+
+    text = harness.wait_for(scrape, 20, f"{service}'s metrics", every=0.2)
     checked = promtool.run("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert not (checked.stdout + checked.stderr).strip()
@@ -371,6 +380,10 @@ def test_metrics_pass_promtool_and_hold_nothing_personal(
                 assert signup.contact_id not in value, sample
                 assert "@" not in value, sample
                 assert signup.click_token not in value, sample
+    if service == "orchestrator":
+        latency = families["stepmail_orchestrator_send_latency_seconds"].samples
+        counts = [s for s in latency if s.name.endswith("_count")]
+        assert [(s.labels, s.value) for s in counts] == [({"mail_kind": "marketing"}, 1.0)]
     if service != "ingest":
         lag = families["stepmail_kafka_consumer_lag"].samples
         assert lag, f"{service} reports no consumer lag"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
 from stepmail_common.events import CloudEvent
-from stepmail_orchestrator import repository
+from stepmail_orchestrator import metrics, repository
 from stepmail_orchestrator.conditions import matches
 from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.settings import OrchestratorSettings
@@ -172,7 +172,14 @@ class FeedbackHandler:
         data = event.data
         at = _moment(data.get("at"), now)
         message_id = data.get("message_id")
-        if event.type in _DELIVERY_FACTS and message_id:
+        if event.type == event_types.DELIVERY_SENT and message_id:
+            released = await repository.record_sent(conn, message_id, at)
+            if released is not None:
+                requested_at, mail_kind = released
+                metrics.SEND_LATENCY.labels(mail_kind).observe(
+                    max(0.0, (at - requested_at).total_seconds())
+                )
+        elif event.type in _DELIVERY_FACTS and message_id:
             await repository.record_fact(conn, message_id, _DELIVERY_FACTS[event.type], at)
         elif event.type in _HUMAN_FACTS and message_id:
             if data.get("machine"):
@@ -183,15 +190,7 @@ class FeedbackHandler:
         elif event.type == event_types.ENGAGEMENT_UNSUBSCRIBED:
             if message_id:
                 await repository.record_fact(conn, message_id, "unsubscribed", at)
-            if "topics" in data:
-                # Some topics only: the consent stands, steps of those topics are skipped.
-                await repository.set_opted_out_topics(
-                    conn, data["contact_id"], data["mail_kind"], data["topics"]
-                )
-            else:
-                await self._opt_out(
-                    conn, data["contact_id"], data["mail_kind"], "unsubscribe", at, now
-                )
+            await self._opt_out(conn, data["contact_id"], data["mail_kind"], "unsubscribe", at, now)
         elif event.type == event_types.ENGAGEMENT_COMPLAINED:
             if message_id:
                 await repository.record_fact(conn, message_id, "complained", at)
@@ -200,7 +199,6 @@ class FeedbackHandler:
         elif event.type == event_types.ENGAGEMENT_RESUBSCRIBED:
             record = {"status": "granted", "source": "resubscribe", "at": at.isoformat()}
             await repository.set_consent(conn, data["contact_id"], data["mail_kind"], record)
-            await repository.set_opted_out_topics(conn, data["contact_id"], data["mail_kind"], ())
 
     async def _opt_out(
         self, conn: Connection, contact_id: str, kind: str, source: str, at: datetime, now: datetime

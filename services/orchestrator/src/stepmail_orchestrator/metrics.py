@@ -41,3 +41,10 @@ NOTIFICATIONS = Counter(
     "Signed webhooks to external systems, by outcome (delivered, retried, failed)",
     ["outcome"],
 )
+SEND_LATENCY = Histogram(
+    "stepmail_orchestrator_send_latency_seconds",
+    "From a send step's release to steps-due (for a mail due at once, when its trigger was"
+    " handled) to the SMTP server's acceptance, by mail kind",
+    ["mail_kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
     )
 
 _CONTACT_COLUMNS = (
-    "id, email, name, locale, time_zone, attributes, tags, consent, opted_out_topics,"
-    " last_marketing_at"
+    "id, email, name, locale, time_zone, attributes, tags, consent, last_marketing_at"
 )
 
 
@@ -190,21 +188,6 @@ async def set_consent(
         contact_id,
         kind,
         consent,
-    )
-
-
-async def set_opted_out_topics(
-    conn: Connection, contact_id: str, kind: str, topics: Sequence[str]
-) -> None:
-    """Replace the preference-centre topics the contact opted out of for ``kind``."""
-    await conn.execute(
-        "UPDATE contacts SET opted_out_topics = CASE WHEN cardinality($3::text[]) = 0"
-        " THEN opted_out_topics - $2::text"
-        " ELSE opted_out_topics || jsonb_build_object($2::text, to_jsonb($3::text[])) END,"
-        " updated_at = now() WHERE id = $1",
-        contact_id,
-        kind,
-        sorted(set(topics)),
     )
 
 
@@ -494,6 +477,21 @@ async def record_fact(conn: Connection, message_id: str, fact: str, at: datetime
         at,
     )
     return contact
+
+
+async def record_sent(
+    conn: Connection, message_id: str, at: datetime
+) -> tuple[datetime, str] | None:
+    """Set a message's sent time; the first time only, return when the step was released
+    to ``steps-due`` and the mail's kind (a mail resent after an ambiguous handover keeps
+    its first time)."""
+    row = await conn.fetchrow(
+        "UPDATE messages SET sent_at = $2 WHERE message_id = $1 AND sent_at IS NULL"
+        " RETURNING requested_at, mail_kind",
+        message_id,
+        at,
+    )
+    return None if row is None else (row["requested_at"], row["mail_kind"])
 
 
 async def record_click(conn: Connection, message_id: str, url: str, at: datetime) -> None:
