@@ -65,6 +65,19 @@ async def load_compiled(
 
 def rendered_event(step: StepDue, mail: RenderedMail, clock: Clock) -> CloudEvent:
     now = clock.now()
+    data: dict[str, Any] = {
+        "message_id": step.message_id,
+        "enrollment_id": step.enrollment_id,
+        "scenario": {"id": step.scenario_id, "version": step.scenario_version},
+        "step": {"id": step.step_id, "index": step.step_index},
+        "contact_id": step.contact_id,
+        "mail_kind": step.mail_kind,
+        "envelope": {"mail_from": mail.mail_from, "rcpt_to": mail.rcpt_to},
+        "mime": mail.mime,
+        "rendered_at": now.isoformat(),
+    }
+    if step.topic is not None:
+        data["topic"] = step.topic
     return CloudEvent(
         type=event_types.MAIL_RENDERED,
         source=SOURCE,
@@ -72,17 +85,7 @@ def rendered_event(step: StepDue, mail: RenderedMail, clock: Clock) -> CloudEven
         # Derived from the message id: a re-render publishes the same event id.
         id=derived_id("renderer", event_types.MAIL_RENDERED, step.message_id),
         time=now,
-        data={
-            "message_id": step.message_id,
-            "enrollment_id": step.enrollment_id,
-            "scenario": {"id": step.scenario_id, "version": step.scenario_version},
-            "step": {"id": step.step_id, "index": step.step_index},
-            "contact_id": step.contact_id,
-            "mail_kind": step.mail_kind,
-            "envelope": {"mail_from": mail.mail_from, "rcpt_to": mail.rcpt_to},
-            "mime": mail.mime,
-            "rendered_at": now.isoformat(),
-        },
+        data=data,
     )
 
 

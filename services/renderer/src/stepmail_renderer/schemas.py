@@ -25,6 +25,8 @@ class StepDue:
     contact: dict[str, Any]
     event_name: str
     event_properties: dict[str, Any]
+    # The preference-centre topic, passed on to the sender (which honours opt-outs of it).
+    topic: str | None = None
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> "StepDue":
@@ -41,6 +43,7 @@ class StepDue:
             contact=data["contact"],
             event_name=data["event"]["name"],
             event_properties=data["event"]["properties"],
+            topic=data.get("topic"),
         )
 
     @property
