@@ -8,6 +8,9 @@ from stepmail_common.errors import PermanentError
 
 State = Literal["accepted", "sending", "sent", "failed", "ambiguous", "deferred", "suppressed"]
 Policy = Literal["hold", "resend"]
+# The ledger's (and the API's) reason for a mail whose preference-centre topic the contact
+# opted out of; delivery events say reason ``unsubscribed`` with the ``topic``.
+TOPIC_OPT_OUT = "unsubscribed_topic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,8 @@ class RenderedMail:
     # The consumed record's trace (``traceparent``), carried on to the handover and to the
     # delivery events of this mail.
     trace: dict[str, str] | None = None
+    # The preference-centre topic of the mail, if its step has one.
+    topic: str | None = None
 
     @classmethod
     def from_data(cls, data: dict[str, Any], trace: dict[str, str] | None = None) -> "RenderedMail":
@@ -82,6 +87,7 @@ class RenderedMail:
                 data["mime"],
             ),
             trace=trace,
+            topic=data.get("topic"),
         )
 
 
@@ -110,6 +116,13 @@ class Delivery:
     bounce: str | None = None
     dsn: str | None = None
     reason: str | None = None
+    topic: str | None = None
+
+    def suppression(self) -> dict[str, str]:
+        """Why a suppressed mail was not sent, as its delivery event says it."""
+        if self.reason == TOPIC_OPT_OUT and self.topic is not None:
+            return {"reason": "unsubscribed", "topic": self.topic}
+        return {"reason": self.reason} if self.reason is not None else {}
 
     def public(self) -> dict[str, Any]:
         """The row as the HTTP API shows it: no address, no owner key."""
@@ -130,6 +143,7 @@ class Delivery:
             "bounce": self.bounce,
             "dsn": self.dsn,
             "reason": self.reason,
+            "topic": self.topic,
         }
 
 

@@ -13,7 +13,7 @@ from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import Handler
 from stepmail_sender import metrics
-from stepmail_sender.domain import RenderedMail
+from stepmail_sender.domain import TOPIC_OPT_OUT, RenderedMail
 from stepmail_sender.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,17 @@ def rendered_mail(event: CloudEvent) -> RenderedMail:
 
 
 async def unsubscribed(event: CloudEvent, ledger: Ledger) -> None:
-    """The contact opted out of a kind of mail: no more of that kind, whatever the address."""
+    """The contact opted out of a kind of mail: no more of that kind, whatever the address.
+
+    With ``topics`` (the preference centre), only mails of those topics stop; the list is
+    the whole of what the contact has dropped, so it replaces the one recorded before.
+    A topic choice never lifts an opt-out of the whole kind: only a re-subscribe does.
+    """
     data = event.data
-    if await ledger.suppress_contact(data["contact_id"], data["mail_kind"], "unsubscribed"):
+    if "topics" in data:
+        if await ledger.opt_out_topics(data["contact_id"], data["mail_kind"], data["topics"]):
+            metrics.SUPPRESSIONS_RECORDED.labels(TOPIC_OPT_OUT).inc()
+    elif await ledger.suppress_contact(data["contact_id"], data["mail_kind"], "unsubscribed"):
         metrics.SUPPRESSIONS_RECORDED.labels("unsubscribed").inc()
 
 

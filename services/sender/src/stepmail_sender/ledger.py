@@ -63,8 +63,8 @@ def delivery_event(delivery: Delivery, at: datetime) -> CloudEvent:
         data["dsn"] = delivery.dsn
     elif delivery.state == "deferred" and delivery.next_attempt_at is not None:
         data["next_attempt_at"] = _iso(delivery.next_attempt_at)
-    elif delivery.state == "suppressed" and delivery.reason is not None:
-        data["reason"] = delivery.reason
+    elif delivery.state == "suppressed":
+        data.update(delivery.suppression())
     return CloudEvent(
         type=_EVENT_TYPES[delivery.state],
         source=SOURCE,
@@ -175,8 +175,16 @@ class Ledger:
     async def suppress_contact(self, contact_id: str, mail_kind: str, reason: str) -> bool:
         return await repository.suppress(self._pool, "contact", contact_id, mail_kind, reason)
 
+    async def opt_out_topics(self, contact_id: str, mail_kind: str, topics: Sequence[str]) -> bool:
+        """The contact's opted-out topics of that kind are now ``topics``; ``True`` if changed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await repository.set_topic_opt_outs(conn, contact_id, mail_kind, topics)
+
     async def resubscribe_contact(self, contact_id: str, mail_kind: str) -> None:
-        await repository.unsuppress(self._pool, "contact", contact_id, mail_kind, "unsubscribed")
+        """Lift the contact's opt-out of the kind and of every topic of it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await repository.unsuppress(conn, "contact", contact_id, mail_kind, "unsubscribed")
+            await repository.set_topic_opt_outs(conn, contact_id, mail_kind, ())
 
     async def erase_contact(self, contact_id: str) -> int:
         """Suppress the contact for good and forget the addresses and MIME held for it."""

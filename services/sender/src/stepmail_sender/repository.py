@@ -26,7 +26,7 @@ OWNER_LOCK_CLASS: Final = 0x53454E44  # "SEND"
 _COLUMNS = (
     "message_id, contact_id, scenario_id, scenario_version, step_id, step_index, state,"
     " attempt, owner, resend, policy, smtp_code, smtp_response, created_at, updated_at,"
-    " claimed_at, finished_at, next_attempt_at, bounce, dsn, reason"
+    " claimed_at, finished_at, next_attempt_at, bounce, dsn, reason, topic"
 )
 _D_COLUMNS = ", ".join(f"d.{c.strip()}" for c in _COLUMNS.split(","))
 
@@ -35,12 +35,16 @@ _CLAIMABLE = (
     "(d.state = 'accepted' OR (d.state = 'ambiguous' AND d.policy = 'resend')"
     " OR (d.state = 'deferred' AND d.next_attempt_at <= $3::timestamptz))"
 )
-# Why the row's recipient must not get it, if they must not (NULL otherwise).
+# Why the row's recipient must not get it, if they must not (NULL otherwise): a
+# suppression of the address or contact, else an opt-out of the mail's topic
+# (``domain.TOPIC_OPT_OUT``).
 _SUPPRESSED_BECAUSE = (
-    "(SELECT s.reason FROM suppressions s WHERE s.mail_kind IN ('*', d.mail_kind) AND"
+    "COALESCE((SELECT s.reason FROM suppressions s WHERE s.mail_kind IN ('*', d.mail_kind) AND"
     " ((s.scope = 'address' AND s.key = d.rcpt_hash)"
     " OR (s.scope = 'contact' AND s.key = d.contact_id))"
-    " ORDER BY s.created_at LIMIT 1)"
+    " ORDER BY s.created_at LIMIT 1),"
+    " (SELECT 'unsubscribed_topic'::text FROM topic_opt_outs t WHERE t.contact_id = d.contact_id"
+    " AND t.mail_kind = d.mail_kind AND t.topic = d.topic))"
 )
 
 
@@ -55,10 +59,10 @@ async def insert_many(
     status: str = await conn.execute(
         "INSERT INTO deliveries (message_id, contact_id, enrollment_id, scenario_id,"
         " scenario_version, step_id, step_index, mail_kind, mail, rcpt_hash, rcpt_domain,"
-        " created_at, updated_at)"
-        " SELECT m.*, $12::timestamptz, $12::timestamptz FROM unnest($1::text[], $2::text[],"
+        " topic, created_at, updated_at)"
+        " SELECT m.*, $13::timestamptz, $13::timestamptz FROM unnest($1::text[], $2::text[],"
         " $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::text[], $9::jsonb[],"
-        " $10::text[], $11::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
+        " $10::text[], $11::text[], $12::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
         [m.message_id for m in mails],
         [m.contact_id for m in mails],
         [m.enrollment_id for m in mails],
@@ -70,6 +74,7 @@ async def insert_many(
         [m.parcel.to_json() for m in mails],
         list(hashes),
         [m.parcel.rcpt_domain for m in mails],
+        [m.topic for m in mails],
         at,
     )
     return int(status.rsplit(" ", 1)[-1])
@@ -268,11 +273,37 @@ async def unsuppress(conn: Conn, scope: str, key: str, mail_kind: str, reason: s
     )
 
 
+async def set_topic_opt_outs(
+    conn: Conn, contact_id: str, mail_kind: str, topics: Sequence[str]
+) -> bool:
+    """Make ``topics`` the contact's opted-out topics of ``mail_kind``; ``True`` if changed.
+
+    Run in a transaction: the rows are replaced, not added to, since each event lists all
+    the topics the contact has dropped at that moment.
+    """
+    removed: str = await conn.execute(
+        "DELETE FROM topic_opt_outs WHERE contact_id = $1 AND mail_kind = $2"
+        " AND NOT (topic = ANY($3::text[]))",
+        contact_id,
+        mail_kind,
+        list(topics),
+    )
+    added: str = await conn.execute(
+        "INSERT INTO topic_opt_outs (contact_id, mail_kind, topic)"
+        " SELECT $1, $2, unnest($3::text[]) ON CONFLICT DO NOTHING",
+        contact_id,
+        mail_kind,
+        sorted(set(topics)),
+    )
+    return not (removed.endswith(" 0") and added.endswith(" 0"))
+
+
 async def erase_contact(conn: Conn, contact_id: str) -> int:
     """Forget what the ledger holds of a contact's address: the parcels and the hash.
 
     Rows not yet settled keep their place and become ``suppressed`` at their next claim.
     """
+    await conn.execute("DELETE FROM topic_opt_outs WHERE contact_id = $1", contact_id)
     status: str = await conn.execute(
         "UPDATE deliveries SET mail = NULL, rcpt_hash = NULL WHERE contact_id = $1"
         " AND (mail IS NOT NULL OR rcpt_hash IS NOT NULL) AND state <> 'sending'",

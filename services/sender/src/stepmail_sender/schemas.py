@@ -24,3 +24,5 @@ class DeliveryOut(BaseModel):
     bounce: str | None = None
     dsn: str | None = None
     reason: str | None = None
+    # The mail's preference-centre topic; reason ``unsubscribed_topic``: it was dropped.
+    topic: str | None = None
