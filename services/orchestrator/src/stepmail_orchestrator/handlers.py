@@ -190,7 +190,15 @@ class FeedbackHandler:
         elif event.type == event_types.ENGAGEMENT_UNSUBSCRIBED:
             if message_id:
                 await repository.record_fact(conn, message_id, "unsubscribed", at)
-            await self._opt_out(conn, data["contact_id"], data["mail_kind"], "unsubscribe", at, now)
+            if "topics" in data:
+                # Some topics only: the consent stands, steps of those topics are skipped.
+                await repository.set_opted_out_topics(
+                    conn, data["contact_id"], data["mail_kind"], data["topics"]
+                )
+            else:
+                await self._opt_out(
+                    conn, data["contact_id"], data["mail_kind"], "unsubscribe", at, now
+                )
         elif event.type == event_types.ENGAGEMENT_COMPLAINED:
             if message_id:
                 await repository.record_fact(conn, message_id, "complained", at)
@@ -199,6 +207,7 @@ class FeedbackHandler:
         elif event.type == event_types.ENGAGEMENT_RESUBSCRIBED:
             record = {"status": "granted", "source": "resubscribe", "at": at.isoformat()}
             await repository.set_consent(conn, data["contact_id"], data["mail_kind"], record)
+            await repository.set_opted_out_topics(conn, data["contact_id"], data["mail_kind"], ())
 
     async def _opt_out(
         self, conn: Connection, contact_id: str, kind: str, source: str, at: datetime, now: datetime

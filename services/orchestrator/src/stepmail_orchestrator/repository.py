@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
     )
 
 _CONTACT_COLUMNS = (
-    "id, email, name, locale, time_zone, attributes, tags, consent, last_marketing_at"
+    "id, email, name, locale, time_zone, attributes, tags, consent, opted_out_topics,"
+    " last_marketing_at"
 )
 
 
@@ -188,6 +190,21 @@ async def set_consent(
         contact_id,
         kind,
         consent,
+    )
+
+
+async def set_opted_out_topics(
+    conn: Connection, contact_id: str, kind: str, topics: Sequence[str]
+) -> None:
+    """Replace the preference-centre topics the contact opted out of for ``kind``."""
+    await conn.execute(
+        "UPDATE contacts SET opted_out_topics = CASE WHEN cardinality($3::text[]) = 0"
+        " THEN opted_out_topics - $2::text"
+        " ELSE opted_out_topics || jsonb_build_object($2::text, to_jsonb($3::text[])) END,"
+        " updated_at = now() WHERE id = $1",
+        contact_id,
+        kind,
+        sorted(set(topics)),
     )
 
 
