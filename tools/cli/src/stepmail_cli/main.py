@@ -1,4 +1,6 @@
-"""``stepmail apply -f DIR`` and ``stepmail validate -f DIR``.
+"""``stepmail apply|validate -f DIR``, ``stepmail timeline`` and ``stepmail dlq list|replay``.
+
+``dlq`` talks to the broker (see ``stepmail_cli.dlq``); the rest to the services' APIs.
 
 DIR is walked in name order:
 
@@ -26,6 +28,8 @@ from typing import Any, TextIO
 
 import httpx
 import yaml
+
+from stepmail_cli import dlq
 
 DEFAULT_RENDERER_URL = "http://127.0.0.1:8003"
 DEFAULT_ORCHESTRATOR_URL = "http://127.0.0.1:8002"
@@ -282,6 +286,7 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("-f", "--filename", required=True, type=Path, metavar="DIR")
         _add_connection(command)
+    dlq.add_parser(commands)
     return parser
 
 
@@ -331,6 +336,8 @@ def run(
 ) -> int:
     """The command line's work; ``transport`` lets tests route HTTP in-process."""
     args = _parser().parse_args(argv)
+    if args.command == "dlq":
+        return dlq.run(args, out)
     headers = {"Authorization": f"Bearer {args.token}"}
     if args.command == "timeline":
         with httpx.Client(headers=headers, timeout=30, transport=transport) as http:
