@@ -37,6 +37,8 @@ from stepmail_orchestrator.timers import TimerLoop
 ENROLLMENTS = int(os.environ.get("BENCH_ENROLLMENTS", "100000"))
 # Enrollments claimed per timer pass (ORCHESTRATOR_TIMER_BATCH in a service).
 BATCH = int(os.environ.get("BENCH_TIMER_BATCH", "2000"))
+# Passes in flight at once (ORCHESTRATOR_TIMER_CONCURRENCY in a service).
+CONCURRENCY = int(os.environ.get("BENCH_TIMER_CONCURRENCY", "2"))
 START = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 SCENARIO = {
     "id": "bench",
@@ -85,7 +87,13 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
         topics = Topics(f"bench{uuid.uuid4().hex[:6]}.")
         clock = ManualClock(START)
         timer = TimerLoop(
-            pool, Progress(topics, ContactRules()), clock, asyncio.Event(), interval=1, batch=BATCH
+            pool,
+            Progress(topics, ContactRules()),
+            clock,
+            asyncio.Event(),
+            interval=1,
+            batch=BATCH,
+            concurrency=CONCURRENCY,
         )
         rss_before = _rss_mib()
         fired = 0
@@ -93,7 +101,7 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
         for day in range(1, 31):
             clock.set(START + timedelta(days=day))
             started = time.perf_counter()
-            while n := await timer.fire_due():
+            while n := sum(await timer.fire_round()):
                 fired += n
             busy += time.perf_counter() - started
             if day % 5 == 0:
@@ -122,6 +130,7 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
         "rss_mib_before": round(rss_before, 1),
         "rss_mib_after": round(rss_after, 1),
         "timer_batch": BATCH,
+        "timer_concurrency": CONCURRENCY,
         "goal_steps_per_second": 5000,
     }
 

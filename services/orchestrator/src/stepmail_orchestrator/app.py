@@ -128,6 +128,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 outbox_ready,
                 interval=interval,
                 batch=settings.orchestrator_timer_batch,
+                concurrency=settings.orchestrator_timer_concurrency,
             )
             await start_background(stack, timers, "timers")
             scanner = TriggerScanner(

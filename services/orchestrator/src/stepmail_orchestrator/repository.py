@@ -433,8 +433,9 @@ class PendingWrites:
                 self.messages,
             )
         if self.touches:
+            # In id order, so that concurrent passes lock contacts in one order: no deadlock.
             await conn.executemany(
-                "UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", self.touches
+                "UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", sorted(self.touches)
             )
         if self.schedules:
             await conn.executemany(

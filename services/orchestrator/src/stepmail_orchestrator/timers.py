@@ -1,7 +1,9 @@
 """The timer loop: claims due enrollments (any number of replicas, SKIP LOCKED) and acts
 on them; the claim, the state change and the ``steps-due`` outbox rows commit together.
 
-A restart loses no timer (they are rows) and fires none twice.
+A restart loses no timer (they are rows) and fires none twice. Within one replica,
+``concurrency`` passes run at once on their own connections, like that many replicas:
+while one waits for Postgres, the next is computed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class TimerLoop(PeriodicLoop):
         *,
         interval: float,
         batch: int,
+        concurrency: int = 1,
     ) -> None:
         super().__init__(interval)
         self._pool = pool
@@ -36,9 +39,14 @@ class TimerLoop(PeriodicLoop):
         self._clock = clock
         self._outbox_ready = outbox_ready
         self._batch = batch
+        self._concurrency = concurrency
 
     async def run_once(self) -> bool:
-        return await self.fire_due() >= self._batch
+        return max(await self.fire_round()) >= self._batch
+
+    async def fire_round(self) -> list[int]:
+        """``concurrency`` passes at once; how many each found due."""
+        return list(await asyncio.gather(*(self.fire_due() for _ in range(self._concurrency))))
 
     async def fire_due(self) -> int:
         """One pass: act on a batch of due enrollments; returns how many were due."""
