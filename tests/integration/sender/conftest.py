@@ -29,6 +29,7 @@ class Received:
     mail_from: str
     rcpt_to: list[str]
     message_id: str | None
+    smtpapi: str | None = None
 
 
 @dataclass
@@ -63,6 +64,7 @@ class ScriptedSmtp:
                 str(envelope.mail_from),
                 list(envelope.rcpt_tos),
                 parsed.get("X-Stepmail-Message-Id"),
+                parsed.get("X-SMTPAPI"),
             )
         )
         if set(envelope.rcpt_tos) & self.drop_in_data:

@@ -19,7 +19,13 @@ from stepmail_common.webapp import (
     start_background,
     start_together,
 )
-from stepmail_sender.delivery import Deliverer, RetryPolicy, Signer, Transport
+from stepmail_sender.delivery import (
+    Deliverer,
+    RetryPolicy,
+    Signer,
+    Transport,
+    sendgrid_unique_args,
+)
 from stepmail_sender.dkimsign import DkimSigner, load_keys
 from stepmail_sender.handlers import feedback_dispatcher, rendered_mail
 from stepmail_sender.ledger import Ledger
@@ -104,6 +110,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 owner_wait=settings.sender_owner_wait_seconds,
                 window=settings.sender_window,
                 signer=signer,
+                tagger=sendgrid_unique_args if settings.sender_sendgrid_unique_args else None,
                 throttle=throttle,
             )
             await start_background(stack, lease, "owner-lease")

@@ -49,6 +49,7 @@ the offset is never committed before the mail's fate is in the ledger.
 import asyncio
 import collections
 import functools
+import json
 import logging
 import random
 import time
@@ -97,6 +98,15 @@ class Transport(Protocol):
 
 
 Signer = Callable[[bytes], bytes]
+# Header lines prepended to a mail at handover, made from its ledger row.
+Tagger = Callable[[Delivery], bytes]
+
+
+def sendgrid_unique_args(delivery: Delivery) -> bytes:
+    """``X-SMTPAPI`` with stepmail's ids as SendGrid unique_args: SendGrid removes the
+    header and returns the arguments on every Event Webhook event of the mail."""
+    args = {"stepmail_message_id": delivery.message_id, "stepmail_contact_id": delivery.contact_id}
+    return b"X-SMTPAPI: " + json.dumps({"unique_args": args}).encode("ascii") + b"\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +140,7 @@ class Deliverer:
         max_attempts: int = 5,
         window: int = 32,
         signer: Signer | None = None,
+        tagger: Tagger | None = None,
         throttle: Throttle | None = None,
     ) -> None:
         self._ledger = ledger
@@ -140,6 +151,7 @@ class Deliverer:
         self._retry = retry or RetryPolicy()
         self._window = max(1, window)
         self._signer = signer
+        self._tagger = tagger
         self._throttle = throttle
         self._owner_wait = owner_wait
         self._poll = poll_interval
@@ -302,6 +314,9 @@ class Deliverer:
             message = parcel.message_bytes()
             if self._signer is not None:
                 message = self._signer(message)
+            if self._tagger is not None:
+                # After signing: an ESP strips its own header, which must not be signed.
+                message = self._tagger(claimed) + message
         except PermanentError as exc:
             return Outcome("failed", None, str(exc))
         conns = self._throttle.connections(parcel.rcpt_domain) if self._throttle else None

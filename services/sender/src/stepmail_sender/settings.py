@@ -54,6 +54,10 @@ class SenderSettings(CommonSettings):
     sender_dkim_keys: str = ""
     sender_dkim_ed25519_keys: str = ""
 
+    # Relaying through SendGrid's SMTP: an X-SMTPAPI header whose unique_args bring each
+    # mail's message and contact id back on SendGrid's Event Webhook (bounces, complaints).
+    sender_sendgrid_unique_args: bool = False
+
     # What to do with a mail whose sender died between handing it over and the answer.
     sender_ambiguous_policy: AmbiguousPolicy = "hold"
     # How often rows left in ``sending`` by dead processes are looked for.
