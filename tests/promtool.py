@@ -20,10 +20,13 @@ def path() -> str:
     pytest.skip("promtool is missing: `make promtool` (as root) installs it")
 
 
-def run(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str | Path, stdin: str | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [path(), *map(str, args)],
         input=stdin,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
