@@ -60,7 +60,7 @@ def test_sigkill_of_the_sender_mid_burst_loses_and_duplicates_nothing(platform: 
             states[message_id] = delivery["state"]
         return states
 
-    states = harness.wait_for(settled, 90, "every mail to reach a final state", every=0.5)
+    states = harness.wait_for(settled, 240, "every mail to reach a final state", every=0.5)
     copies = Counter(m["stepmail_message_id"] for m in ours())
     assert set(copies) <= set(message_ids), "a mail nobody asked for"
     for message_id, state in states.items():

@@ -183,7 +183,7 @@ def test_three_senders_deliver_10000_mails_through_a_sigkill(
 
         # Kill one while the run is in full swing and it is sending its share.
         victim = senders[1]
-        wait_for(lambda: received_total(catcher) >= MAILS // 4, 60, "a quarter delivered")
+        wait_for(lambda: received_total(catcher) >= MAILS // 4, 180, "a quarter delivered")
         wait_for(lambda: sent_total(victim) > 0, 30, "the victim to be sending")
         victim.kill()
         at_kill = received_total(catcher)
@@ -196,7 +196,7 @@ def test_three_senders_deliver_10000_mails_through_a_sigkill(
             final = [r for r in rows if r["state"] in ("sent", "ambiguous")]
             return rows if len(final) == MAILS else None
 
-        rows = wait_for(settled, 75, "every mail to be settled in the ledger", every=0.5)
+        rows = wait_for(settled, 300, "every mail to be settled in the ledger", every=0.5)
         for sender in senders:
             sender.ensure_alive()
     finally:
@@ -253,7 +253,7 @@ def test_sigterm_mid_run_finishes_the_batch_commits_and_leaves_nothing_in_doubt(
         asyncio.run(produce(kafka_bootstrap, items))
         sender.start()
         sender.wait_ready(60)
-        wait_for(lambda: received_total(catcher) >= 500, 60, "the run to be under way")
+        wait_for(lambda: received_total(catcher) >= 500, 120, "the run to be under way")
         sender.send_signal(signal.SIGTERM)
         code = sender.wait(40)
     finally:
