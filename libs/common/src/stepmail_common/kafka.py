@@ -324,8 +324,13 @@ class _GroupConsumer:
 
 
 class EventConsumer(_GroupConsumer):
-    """Runs ``handler`` for each event of ``topics`` in a consumer group, in order, at
-    least once: a retriable error retries the same event, any other dead-letters it."""
+    """Runs ``handler`` for each event of ``topics`` in a consumer group, at least once:
+    a retriable error retries the same event, any other dead-letters it.
+
+    Events of one partition (so of one contact, the key) are handled in order; the
+    partitions of a fetched batch are handled concurrently, so a handler that waits on
+    Postgres or the broker does not hold up the other partitions' contacts.
+    """
 
     def __init__(
         self,
@@ -350,11 +355,22 @@ class EventConsumer(_GroupConsumer):
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         done: dict[TopicPartition, int] = {}
-        for tp, records in batch.items():
+
+        async def in_order(
+            tp: TopicPartition, records: list["ConsumerRecord[bytes, bytes]"]
+        ) -> None:
             for record in records:
                 if self._stopping.is_set() or not await self._handle(record):
-                    break
+                    return
                 done[tp] = record.offset + 1
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for tp, records in batch.items():
+                    group.create_task(in_order(tp, records))
+        except BaseExceptionGroup as failed:
+            # The loop's callers see what a handler raised, as when partitions were serial.
+            raise failed.exceptions[0] from None
         return done
 
     async def _handle(self, record: "ConsumerRecord[bytes, bytes]") -> bool:
