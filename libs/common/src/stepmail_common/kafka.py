@@ -214,7 +214,7 @@ class _GroupConsumer:
         """Fetch a batch, process it, commit the offsets of what is done."""
         try:
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+                batch = await self._fetch()
                 await self._observe_lag()
                 if batch:
                     done = await self._process(batch)
@@ -222,6 +222,10 @@ class _GroupConsumer:
                         await self._commit(done)
         finally:
             await self.close()
+
+    async def _fetch(self) -> Batch:
+        batch: Batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+        return batch
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         """Handle ``batch``; the next offset to commit per partition whose work is done."""
@@ -352,6 +356,16 @@ class EventConsumer(_GroupConsumer):
             retry_backoff=retry_backoff,
         )
         self._handler = handler
+
+    async def _fetch(self) -> Batch:
+        # With a backlog, one partition's fetched records alone fill a batch; the other
+        # partitions are topped up so that they are handled concurrently.
+        batch = await super()._fetch()
+        if batch:
+            for tp in self._consumer.assignment():
+                if tp not in batch:
+                    batch |= await self._consumer.getmany(tp, max_records=self._max_batch)
+        return batch
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         done: dict[TopicPartition, int] = {}
