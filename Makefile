@@ -44,6 +44,10 @@ unit: install ## Unit tests only (no processes started)
 bench: install debian-tools ## Benchmarks (all, or BENCH="ingest renderer"); figures in bench-results/
 	$(VENV)/bin/python -m bench $(BENCH)
 
+.PHONY: chaos
+chaos: install ## SIGKILL each service and restart Postgres under 20,000 mails (CHAOS_MAILS); account for every mail
+	$(VENV)/bin/python -m bench.chaos
+
 .PHONY: fmt
 fmt: install ## Format and autofix
 	$(VENV)/bin/ruff format .

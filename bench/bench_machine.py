@@ -1,0 +1,246 @@
+"""The raw limits of this machine, measured in the same run as the platform, for comparison.
+
+- SMTP: Postfix's ``smtp-source`` (32 sessions, 10 KB mails) into Postfix's ``smtp-sink``
+  and into the end-to-end benchmark's own timestamping sink (:mod:`bench.sink`); without
+  Postfix (``make debian-tools`` installs it) an aiosmtplib client takes its place.
+- Broker: aiokafka producing 4 KB records (all in flight, then every acknowledgement;
+  and one at a time, waiting for each), and a consumer group reading them all back.
+- Postgres: single-row INSERTs and primary-key SELECTs, one connection one statement at a
+  time, and 8 connections at once.
+
+Postgres and the broker are the embedded ones (fsync off) unless ``DATABASE_URL`` /
+``KAFKA_BOOTSTRAP_SERVERS`` are set. Each figure is the best the machine does with nothing
+of stepmail in between; the platform's figures (``bench_e2e``) are read against them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.sink import accepted_count
+from stepmail_common.kafka import ensure_topics
+from stepmail_devstack.broker import EmbeddedBroker
+from stepmail_devstack.postgres import EmbeddedPostgres
+from stepmail_devstack.processes import ManagedProcess, free_port, port_is_open
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SMTP_MAILS = int(os.environ.get("BENCH_MACHINE_SMTP_MAILS", "40000"))
+RECORDS = int(os.environ.get("BENCH_MACHINE_RECORDS", "50000"))
+SECONDS = float(os.environ.get("BENCH_MACHINE_SECONDS", "5"))
+MAIL_BYTES = 10240
+
+
+def _postfix_tool(name: str) -> str | None:
+    return shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
+
+
+def _smtp_source(tool: str, port: int, count: int) -> float:
+    argv = [
+        tool, "-s", "32", "-m", str(count), "-l", str(MAIL_BYTES), "-d",
+        "-f", "bounce@example.com", "-t", "u@example.jp", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=600)  # noqa: S603 - own argv
+    return count / (time.perf_counter() - started)
+
+
+async def _aiosmtplib_source(port: int, count: int, sessions: int = 32) -> float:
+    body = b"Subject: bench\r\n\r\n" + b"x" * 76 + b"\r\n"
+    message = body * (MAIL_BYTES // len(body))
+    per_session = count // sessions
+
+    async def session() -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
+            for _ in range(per_session):
+                await client.sendmail("bounce@example.com", ["u@example.jp"], message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(session() for _ in range(sessions)))
+    return per_session * sessions / (time.perf_counter() - started)
+
+
+def _smtp(stack: ExitStack, workdir: Path) -> dict[str, Any]:
+    source = _postfix_tool("smtp-source")
+    sinks: dict[str, int] = {}
+    postfix_sink = _postfix_tool("smtp-sink")
+    if postfix_sink:
+        port = free_port()
+        sink = ManagedProcess(
+            "smtp-sink", [postfix_sink, "-u", "nobody", f"127.0.0.1:{port}", "1024"]
+        )
+        sink.start()
+        stack.callback(sink.terminate, 5)
+        sink.wait_until(lambda: port_is_open("127.0.0.1", port), 15, "smtp-sink to listen")
+        sinks["postfix smtp-sink"] = port
+    port = free_port()
+    records = workdir / "machine-accepted.txt"
+    ours = ManagedProcess(
+        "bench-sink", [sys.executable, "-m", "bench.sink", str(port), str(records)], cwd=REPO_ROOT
+    )
+    ours.start()
+    stack.callback(ours.terminate, 5)
+    ours.wait_until(lambda: port_is_open("127.0.0.1", port), 15, "the bench sink to listen")
+    sinks["stepmail bench sink (timestamps each mail)"] = port
+    label = "postfix smtp-source" if source else "aiosmtplib, 32 sessions"
+    figures: dict[str, Any] = {"source": label, "mail_bytes": MAIL_BYTES}
+    for name, port in sinks.items():
+        print(f"SMTP: {label} into {name} ...", flush=True)
+        if source:
+            rate = _smtp_source(source, port, SMTP_MAILS)
+        else:
+            rate = asyncio.run(_aiosmtplib_source(port, SMTP_MAILS // 4))
+        figures[name] = round(rate)
+    figures["bench_sink_counted"] = accepted_count(records)
+    return figures
+
+
+async def _broker(bootstrap: str) -> dict[str, Any]:
+    topic = f"machine-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, [topic], 4)
+    value = b"x" * 4096
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        futures = [await producer.send(topic, value, key=str(i).encode()) for i in range(RECORDS)]
+        await asyncio.gather(*futures)
+        produce = RECORDS / (time.perf_counter() - started)
+        one_at_a_time, started = 0, time.perf_counter()
+        while time.perf_counter() - started < SECONDS:
+            await producer.send_and_wait(topic, value, key=b"k")
+            one_at_a_time += 1
+        sequential = one_at_a_time / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+    total = RECORDS + one_at_a_time
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"machine-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        read, started = 0, time.perf_counter()
+        while read < total and time.perf_counter() - started < 120:
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            read += sum(len(records) for records in batch.values())
+        consume = read / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+    return {
+        "record_bytes": len(value),
+        "produce_per_second": round(produce),
+        "produce_one_at_a_time_per_second": round(sequential),
+        "produce_round_trip_ms": round(1000 / max(sequential, 1e-6), 2),
+        "consume_per_second_including_group_join": round(consume),
+    }
+
+
+async def _postgres(dsn: str) -> dict[str, Any]:
+    table = f"machine_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text)")
+    pool = await asyncpg.create_pool(dsn, min_size=8, max_size=8)
+    assert pool is not None
+    body = "x" * 200
+    insert = f"INSERT INTO {table} (id, body) VALUES ($1, $2)"  # noqa: S608 - our table
+    select = f"SELECT body FROM {table} WHERE id = $1"  # noqa: S608 - our table
+    counter = iter(range(1 << 62))
+
+    async def for_a_while(connections: int, statement: str, write: bool) -> float:
+        done = 0
+        stop = time.perf_counter() + SECONDS
+
+        async def worker() -> None:
+            nonlocal done
+            async with pool.acquire() as conn:
+                while time.perf_counter() < stop:
+                    n = next(counter)
+                    if write:
+                        await conn.execute(statement, n, body)
+                    else:
+                        await conn.fetchval(statement, n % 1000)
+                    done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        return done / (time.perf_counter() - started)
+
+    try:
+        figures = {
+            "insert_one_connection_per_second": round(await for_a_while(1, insert, True)),
+            "insert_8_connections_per_second": round(await for_a_while(8, insert, True)),
+            "select_one_connection_per_second": round(await for_a_while(1, select, False)),
+            "select_8_connections_per_second": round(await for_a_while(8, select, False)),
+        }
+    finally:
+        await pool.close()
+        await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
+    return figures
+
+
+def main() -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, shared with whatever else runs at the time",
+        "postgres": "external" if os.environ.get("DATABASE_URL") else "embedded, fsync off",
+        "broker": "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "embedded Tansu",
+    }
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-machine-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
+        figures["smtp_mails_per_second"] = _smtp(stack, workdir)
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        if not bootstrap:
+            broker = EmbeddedBroker(free_port())
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        print("broker: produce and consume ...", flush=True)
+        figures["broker"] = asyncio.run(_broker(bootstrap))
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            postgres = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
+            postgres.start()
+            stack.callback(postgres.stop)
+            dsn = postgres.dsn()
+        print("postgres: inserts and selects ...", flush=True)
+        figures["postgres_statements"] = asyncio.run(_postgres(dsn))
+    _table(figures)
+    return figures
+
+
+def _table(figures: dict[str, Any]) -> None:
+    print()
+    print(f"{'raw limit':58} {'per second':>12}")
+    smtp = figures["smtp_mails_per_second"]
+    for name, value in smtp.items():
+        if isinstance(value, int) and name not in ("mail_bytes", "bench_sink_counted"):
+            print(f"{'SMTP ' + smtp['source'] + ' -> ' + name:58} {value:>12,}")
+    broker = figures["broker"]
+    print(f"{'broker produce, 4 KB, all in flight':58} {broker['produce_per_second']:>12,}")
+    print(
+        f"{'broker produce, 4 KB, one at a time':58}"
+        f" {broker['produce_one_at_a_time_per_second']:>12,}"
+    )
+    print(f"{'broker consume (group)':58} {broker['consume_per_second_including_group_join']:>12,}")
+    for name, value in figures["postgres_statements"].items():
+        print(f"{'postgres ' + name.removesuffix('_per_second').replace('_', ' '):58} {value:>12,}")
