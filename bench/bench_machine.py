@@ -96,7 +96,7 @@ def _smtp(stack: ExitStack, workdir: Path) -> dict[str, Any]:
     ours.start()
     stack.callback(ours.terminate, 5)
     ours.wait_until(lambda: port_is_open("127.0.0.1", port), 15, "the bench sink to listen")
-    sinks["stepmail bench sink (timestamps each mail)"] = port
+    sinks["bench sink (stamps each mail)"] = port
     label = "postfix smtp-source" if source else "aiosmtplib, 32 sessions"
     figures: dict[str, Any] = {"source": label, "mail_bytes": MAIL_BYTES}
     for name, port in sinks.items():
