@@ -33,7 +33,7 @@ _EHLO = (
 
 def message_id_of(message: bytes | bytearray) -> str:
     """The ``X-Stepmail-Message-Id`` header's value (``-`` when absent), headers only."""
-    head = bytes(message[:_HEAD_MAX])
+    head = b"\n" + bytes(message[:_HEAD_MAX])
     head_end = head.find(b"\r\n\r\n")
     head = head[: head_end if head_end >= 0 else len(head)]
     at = head.lower().find(_ID_HEADER)
