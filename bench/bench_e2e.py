@@ -13,9 +13,10 @@ Runs (``BENCH_E2E_RUNS``, default ``max paced dkim``):
 
 - ``max``: as fast as the platform goes (the generator stays at most
   ``BENCH_E2E_BACKLOG`` triggers ahead of the sink, so all stages run at once);
-- ``paced``: one run at each of ``BENCH_E2E_RATES`` triggers/s (default ``1000 100``),
-  for latency (a mail not accepted within ``BENCH_E2E_DRAIN_SECONDS``, default 90, after
-  the window counts as slower than every accepted one);
+- ``paced``: one run at each of ``BENCH_E2E_RATES`` (or ``BENCH_E2E_RATE``) triggers/s
+  (default ``1000 100``), for latency (a mail not accepted within
+  ``BENCH_E2E_DRAIN_SECONDS``, default 90, after the window counts as slower than every
+  accepted one);
 - ``dkim``: ``max`` with the sender signing DKIM RSA-2048 (else left to the MTA).
 
 Figures are taken over a window of ``BENCH_E2E_SECONDS`` (default 60) after
@@ -60,7 +61,10 @@ GOAL_RATE = 2000
 GOAL_P99_SECONDS = 1.0
 SECONDS = float(os.environ.get("BENCH_E2E_SECONDS", "60"))
 WARMUP = float(os.environ.get("BENCH_E2E_WARMUP", "10"))
-RATES = [float(r) for r in os.environ.get("BENCH_E2E_RATES", "1000 100").split()]
+RATES = [
+    float(r)
+    for r in os.environ.get("BENCH_E2E_RATES", os.environ.get("BENCH_E2E_RATE", "1000 100")).split()
+]
 DRAIN_SECONDS = float(os.environ.get("BENCH_E2E_DRAIN_SECONDS", "90"))
 BACKLOG = int(os.environ.get("BENCH_E2E_BACKLOG", "2000"))
 MAX_MAILS = int(os.environ.get("BENCH_E2E_MAILS", "30000"))
