@@ -147,6 +147,17 @@ _HUMAN_FACTS = {
     event_types.ENGAGEMENT_OPENED: "opened",
     event_types.ENGAGEMENT_CLICKED: "clicked",
 }
+# What ``FeedbackHandler._apply`` acts on; anything else (``delivery.sending``, one per mail)
+# is skipped before a transaction is opened.
+_FEEDBACK_TYPES = frozenset(
+    {
+        *_DELIVERY_FACTS,
+        *_HUMAN_FACTS,
+        event_types.ENGAGEMENT_UNSUBSCRIBED,
+        event_types.ENGAGEMENT_COMPLAINED,
+        event_types.ENGAGEMENT_RESUBSCRIBED,
+    }
+)
 
 
 class FeedbackHandler:
@@ -163,6 +174,8 @@ class FeedbackHandler:
         self._progress = progress
 
     async def __call__(self, event: CloudEvent) -> None:
+        if event.type not in _FEEDBACK_TYPES:
+            return
         async with self._pool.acquire() as conn, conn.transaction():
             if not await repository.mark_processed(conn, self.consumer, event.id):
                 return
