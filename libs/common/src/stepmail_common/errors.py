@@ -38,9 +38,14 @@ RETRIABLE_TYPES: tuple[type[Exception], ...] = (
     RetriableError,
     OSError,
     TimeoutError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    # Class 08, the connection broke (ConnectionDoesNotExistError among them).
+    asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.CannotConnectNowError,
+    # What a session gets when the server shuts down or restarts (57P01, 57P02): the
+    # transaction was rolled back, and dead-lettering the event would lose it.
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
