@@ -15,6 +15,7 @@ from stepmail_common.errors import PermanentError, is_retriable
         asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
         asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
         asyncpg.exceptions.ConnectionFailureError("connection failure"),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15"),
         ConnectionRefusedError(111, "Connection refused"),
         asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
     ],

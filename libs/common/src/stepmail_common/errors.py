@@ -46,6 +46,9 @@ RETRIABLE_TYPES: tuple[type[Exception], ...] = (
     # transaction was rolled back, and dead-lettering the event would lose it.
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # asyncpg's protocol state error, met when a pooled connection is reset while the
+    # server goes away ("cannot switch to state ..."): the work was rolled back with it.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
