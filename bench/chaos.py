@@ -16,14 +16,18 @@ records and the sender's ledger (:mod:`bench.accounting`): delivered exactly onc
 ambiguous (the ledger says the sender was killed with it in flight), failed on record,
 lost or duplicated. The ambiguous set is compared with the sender's in-flight rows at its
 kill (at most ``SENDER_WINDOW``, ``CHAOS_SENDER_WINDOW``, default 8). Prints the counts,
-writes ``bench-results/chaos.json`` and exits 1 if anything was lost or duplicated outside
-the ambiguous set (or a mail arrived that nobody asked for).
+writes ``bench-results/chaos.json`` (with the events dead-lettered on each ``.dlq`` topic)
+and exits 1 if anything was lost or duplicated outside the ambiguous set (or a mail
+arrived that nobody asked for). ``CHAOS_KEEP=1`` keeps the services' logs and the sink's
+records.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.accounting import Accounting, LedgerRow, account
 from bench.loadgen import contact_id
 from bench.sink import accepted_count, read_records
 from bench.stack import TRIGGER, Run, Stack, finish, open_stack, scenario, start_run
+from stepmail_common.topics import Topics
 
 MAILS = int(os.environ.get("CHAOS_MAILS", "20000"))
 RATE = float(os.environ.get("CHAOS_RATE", "400"))
@@ -50,6 +56,24 @@ PLAN = [
     ("tracker", 0.64),
 ]
 RESULTS = Path("bench-results")
+
+
+async def _dead_lettered(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Records on each ``.dlq`` topic of the run (what could not be processed)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        counts = {}
+        topics = await consumer.topics()
+        for topic in (Topics.dlq(t) for t in Topics(prefix).all()):
+            if topic not in topics:
+                continue
+            parts = consumer.partitions_for_topic(topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            counts[topic.removeprefix(prefix)] = sum(ends.values())
+        return counts
+    finally:
+        await consumer.stop()
 
 
 def _ledger(run: Run) -> list[LedgerRow]:
@@ -151,6 +175,7 @@ def _report(result: Accounting, bound: int, figures: dict[str, Any]) -> None:
     print(f"{'unexpected':28} {result.unexpected:>8,}")
     crashes = figures["crashes"]
     print(f"{'crashes (not our kills)':28} {len(crashes):>8,}")
+    print(f"{'dead-lettered events':28} {sum(figures['dead_lettered'].values()):>8,}")
     print("OK" if result.ok else "FAILED: mails lost or duplicated outside the ambiguous set")
 
 
@@ -201,6 +226,7 @@ def chaos(workdir: Path) -> dict[str, Any]:
                     break
                 time.sleep(1.0)
             summary = finish(generator, 60)
+            dead_lettered = asyncio.run(_dead_lettered(stack.bootstrap, run.prefix))
             result = account(
                 (contact_id(run.contact_prefix, n) for n in range(MAILS)),
                 _accepted(stack, run),
@@ -219,6 +245,7 @@ def chaos(workdir: Path) -> dict[str, Any]:
         "ambiguous_bound_in_flight_at_kills": bound,
         "ambiguous_within_bound": result.ambiguous <= bound,
         "faults": events,
+        "dead_lettered": dead_lettered,
         "crashes": crashes,
         "generator": summary,
     }
@@ -241,8 +268,12 @@ def _settled(stack: Stack, run: Run) -> Accounting | None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="stepmail-chaos-") as tmp:
-        figures = chaos(Path(tmp))
+    workdir = Path(tempfile.mkdtemp(prefix="stepmail-chaos-"))
+    figures = chaos(workdir)
+    if os.environ.get("CHAOS_KEEP") == "1":
+        print(f"logs and records kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "chaos.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
     print(f"-> {RESULTS / 'chaos.json'}")
