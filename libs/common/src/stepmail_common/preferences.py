@@ -6,6 +6,11 @@ mail can never carry a topic that nobody is able to opt out of.
 """
 
 import re
+from typing import Self
+
+from pydantic import model_validator
+
+from stepmail_common.settings import CommonSettings
 
 DEFAULT_TOPICS = "news=お知らせ/News,campaign=キャンペーン/Campaigns"
 # A topic key as events carry it (the event schemas hold the same pattern).
@@ -30,3 +35,20 @@ def parse_topics(spec: str) -> dict[str, tuple[str, str]]:
             )
         topics[key] = (ja.strip() or key, en.strip() or ja.strip() or key)
     return topics
+
+
+class TopicSettings(CommonSettings):
+    """The settings of a service that reads ``TRACKER_TOPICS``; refused at start-up when
+    malformed."""
+
+    # ``key=日本語/English,...``; empty: no topic choice and no topic in a scenario.
+    tracker_topics: str = DEFAULT_TOPICS
+
+    @model_validator(mode="after")
+    def _valid_topics(self) -> Self:
+        self.topics()
+        return self
+
+    def topics(self) -> dict[str, tuple[str, str]]:
+        """Topic key → (Japanese label, English label), in the configured order."""
+        return parse_topics(self.tracker_topics)

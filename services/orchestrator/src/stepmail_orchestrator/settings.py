@@ -2,14 +2,15 @@
 
 from pydantic import Field, model_validator
 
-from stepmail_common.preferences import DEFAULT_TOPICS, parse_topics
-from stepmail_common.settings import CommonSettings
+from stepmail_common.preferences import TopicSettings
 from stepmail_common.signing import standard_webhook_key
 from stepmail_orchestrator.engine import parse_window
 from stepmail_orchestrator.scenarios import parse_duration
 
 
-class OrchestratorSettings(CommonSettings):
+class OrchestratorSettings(TopicSettings):
+    """``TRACKER_TOPICS`` (from ``TopicSettings``): a scenario or step may name only these."""
+
     http_port: int = 8002
     db_schema: str = "orchestrator"
     # Scenario files loaded (as new versions when changed) at start-up.
@@ -30,9 +31,6 @@ class OrchestratorSettings(CommonSettings):
     orchestrator_notify_enabled: bool = True
     # Standard Webhooks secret (whsec_ + base64) signing ``notify`` webhooks.
     orchestrator_webhook_secret: str = "whsec_ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQtY2hhbmdlLW1l"  # noqa: S105 - dev only
-    # The tracker's preference-centre topics (the same variable as the tracker's): a
-    # scenario or step may only name one of these.
-    tracker_topics: str = DEFAULT_TOPICS
 
     @model_validator(mode="after")
     def _check(self) -> "OrchestratorSettings":
@@ -42,9 +40,4 @@ class OrchestratorSettings(CommonSettings):
             parse_window(self.orchestrator_send_window)
         if self.orchestrator_frequency_cap:
             parse_duration(self.orchestrator_frequency_cap)
-        self.topics()
         return self
-
-    def topics(self) -> dict[str, tuple[str, str]]:
-        """The preference-centre topics on offer, as the tracker shows them."""
-        return parse_topics(self.tracker_topics)

@@ -4,8 +4,7 @@ import ipaddress
 
 from pydantic import model_validator
 
-from stepmail_common.preferences import DEFAULT_TOPICS, parse_topics
-from stepmail_common.settings import CommonSettings
+from stepmail_common.preferences import TopicSettings
 from stepmail_common.signing import parse_keys
 
 # Ranges whose fetches are proxies, not people: Apple's 17.0.0.0/8 (Mail Privacy
@@ -13,15 +12,12 @@ from stepmail_common.signing import parse_keys
 DEFAULT_PROXY_CIDRS = "17.0.0.0/8,66.102.0.0/20,66.249.80.0/20,74.125.0.0/16"
 
 
-class TrackerSettings(CommonSettings):
+class TrackerSettings(TopicSettings):
     http_port: int = 8005
     db_schema: str = "tracker"
     signing_keys: str = "k1:dev-only-4f9c2a71d8e35b06c1a9e7f24d6b3085"
     # How long a click or open waits for the broker before the person is answered anyway.
     tracker_click_publish_timeout_seconds: float = 2.0
-    # Preference-centre topics: ``key=日本語/English,...``; empty shows no topic choice.
-    # The orchestrator reads the same variable to check the topics scenarios name.
-    tracker_topics: str = DEFAULT_TOPICS
     # Opens and clicks this soon after delivery are a machine's (scanner, prefetch).
     tracker_machine_window_seconds: float = 10.0
     tracker_proxy_cidrs: str = DEFAULT_PROXY_CIDRS
@@ -46,7 +42,6 @@ class TrackerSettings(CommonSettings):
         for secret in parse_keys(self.signing_keys).values():
             self.refuse_placeholder("signing_keys", secret.decode())
         self.proxy_networks()
-        self.topics()
         return self
 
     def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -58,10 +53,6 @@ class TrackerSettings(CommonSettings):
             )
         except ValueError as exc:
             raise ValueError(f"TRACKER_PROXY_CIDRS: {exc}") from None
-
-    def topics(self) -> dict[str, tuple[str, str]]:
-        """Topic key → (Japanese label, English label), in the configured order."""
-        return parse_topics(self.tracker_topics)
 
     def sns_topic_arns(self) -> frozenset[str]:
         return frozenset(p.strip() for p in self.tracker_sns_topic_arns.split(",") if p.strip())
