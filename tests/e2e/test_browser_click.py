@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 
 from stepmail_devstack.services import SIGNUP_CONSENT
 from tests.e2e import harness
-from tests.integration.tracker.kafka_reader import parse_event
+from tests.integration.kafka_reader import parse_event
 
 pytestmark = pytest.mark.e2e
 

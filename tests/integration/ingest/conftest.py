@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from cloudevents.core.bindings import kafka as ce_kafka
+from aiokafka import ConsumerRecord
 
 from stepmail_common.events import CloudEvent
 from stepmail_common.topics import Topics
 from stepmail_ingest.app import create_app
 from stepmail_ingest.settings import IngestSettings
+from tests.integration.kafka_reader import parse_event, read_records
 
 ADMIN_KEY = "sm_test_admin_0123456789abcdefghij"
 
@@ -65,30 +65,9 @@ class Ingest:
         raise AssertionError("the sentinel event never arrived")
 
 
-async def read_records(
-    bootstrap: str, topic: str, count: int, within: float
-) -> list[ConsumerRecord[bytes, bytes]]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    deadline = time.monotonic() + within
-    try:
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
-
-
 def parse(record: ConsumerRecord[bytes, bytes]) -> CloudEvent:
-    sdk = ce_kafka.from_kafka_event(
-        ce_kafka.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value)
-    )
-    event = CloudEvent.from_json(record.value or b"")
-    assert sdk.get_id() == event.id
+    """The event, read by the CloudEvents SDK too, keyed by its contact (the subject)."""
+    event = parse_event(record)
     assert record.key == event.subject.encode()
     return event
 

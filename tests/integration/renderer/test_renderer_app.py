@@ -19,7 +19,7 @@ from stepmail_common.topics import Topics
 from stepmail_renderer.app import create_app, sync_templates
 from stepmail_renderer.repository import RendererRepository
 from stepmail_renderer.settings import RendererSettings
-from tests.integration.tracker.kafka_reader import parse_event, read_records
+from tests.integration.kafka_reader import parse_event, read_records
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from stepmail_common.kafka import DLQ_REASON, EventProducer
 from stepmail_common.topics import Topics
 from stepmail_renderer.app import create_app
 from stepmail_renderer.settings import RendererSettings
-from tests.integration.tracker.kafka_reader import parse_event, read_records
+from tests.integration.kafka_reader import parse_event, read_records
 
 pytestmark = pytest.mark.integration
 

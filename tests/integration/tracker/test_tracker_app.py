@@ -14,7 +14,7 @@ from stepmail_common.topics import Topics
 from stepmail_common.tracking import ClickToken, MailRef, UnsubscribeToken
 from stepmail_tracker.app import create_app
 from stepmail_tracker.settings import TrackerSettings
-from tests.integration.tracker.kafka_reader import parse_event, read_records
+from tests.integration.kafka_reader import parse_event, read_records
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from stepmail_common.tracking import ClickToken, MailRef, OpenToken, Unsubscribe
 from stepmail_tracker.app import PIXEL_GIF, create_app
 from stepmail_tracker.feedback import sns_string_to_sign
 from stepmail_tracker.settings import TrackerSettings
-from tests.integration.tracker.kafka_reader import parse_event, read_records
+from tests.integration.kafka_reader import parse_event, read_records
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Reading a topic from the start with a deadline, for the renderer's and tracker's tests."""
+"""Reading a topic from the start with a deadline, for the integration tests."""
 
 import time
 
