@@ -17,8 +17,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from stepmail_devstack.broker import EmbeddedBroker
-from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
+from bench import backends
+from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_devstack.processes import free_port
 from stepmail_devstack.services import ServiceProcess
 
@@ -112,21 +112,10 @@ def main() -> dict[str, Any]:
     seconds = float(os.environ.get("BENCH_SECONDS", "10"))
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         workdir = Path(tmp)
-        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            pg = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
-            pg.start()
-            stack.callback(pg.stop)
-            database_url = pg.dsn()
+        database_url, _ = backends.postgres(stack, workdir)
         name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
         ensure_database(database_url, name)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port())
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        bootstrap, _ = backends.kafka(stack)
         port = free_port()
         env = {
             **os.environ,

@@ -31,10 +31,9 @@ import aiosmtplib
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench import backends
 from bench.sink import accepted_count
 from stepmail_common.kafka import ensure_topics
-from stepmail_devstack.broker import EmbeddedBroker
-from stepmail_devstack.postgres import EmbeddedPostgres
 from stepmail_devstack.processes import ManagedProcess, free_port, port_is_open
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -209,22 +208,11 @@ def main() -> dict[str, Any]:
     }
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-machine-") as tmp:
         workdir = Path(tmp)
-        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
         figures["smtp_mails_per_second"] = _smtp(stack, workdir)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port())
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        bootstrap, _ = backends.kafka(stack)
         print("broker: produce and consume ...", flush=True)
         figures["broker"] = asyncio.run(_broker(bootstrap))
-        dsn = os.environ.get("DATABASE_URL")
-        if not dsn:
-            postgres = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
-            postgres.start()
-            stack.callback(postgres.stop)
-            dsn = postgres.dsn()
+        dsn, _ = backends.postgres(stack, workdir)
         print("postgres: inserts and selects ...", flush=True)
         figures["postgres_statements"] = asyncio.run(_postgres(dsn))
     _table(figures)

@@ -9,7 +9,6 @@ Starts its own Postgres and broker unless ``DATABASE_URL`` / ``KAFKA_BOOTSTRAP_S
 
 import asyncio
 import os
-import shutil
 import tempfile
 import time
 import uuid
@@ -20,14 +19,13 @@ from typing import Any
 
 import psutil
 
+from bench import backends
 from stepmail_common.clock import ManualClock
 from stepmail_common.db import create_pool, migrate
 from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
-from stepmail_devstack.broker import EmbeddedBroker
-from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
-from stepmail_devstack.processes import free_port
+from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.engine import ContactRules
 from stepmail_orchestrator.progress import Progress
@@ -136,24 +134,11 @@ async def _run(dsn: str, bootstrap: str) -> dict[str, Any]:
 
 
 def main() -> dict[str, Any]:
-    with ExitStack() as stack:
-        dsn = os.environ.get("DATABASE_URL")
-        if not dsn:
-            scratch = Path(tempfile.mkdtemp(prefix="stepmail-bench-pg-"))
-            scratch.chmod(0o755)
-            stack.callback(shutil.rmtree, scratch, True)
-            server = EmbeddedPostgres(scratch / "data", free_port(), fast=True)
-            server.start()
-            stack.callback(server.stop)
-            dsn = server.dsn()
+    with tempfile.TemporaryDirectory(prefix="bench-orchestrator-") as tmp, ExitStack() as stack:
+        dsn, _ = backends.postgres(stack, Path(tmp))
         name = f"bench_{uuid.uuid4().hex[:8]}"
         ensure_database(dsn, name)
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port())
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        bootstrap, _ = backends.kafka(stack)
         figures = asyncio.run(_run(dsn_with_database(dsn, name), bootstrap))
     print()
     print(f"  timer: {figures['timer_steps_per_second']:,} due steps/s (goal 5,000)")

@@ -33,12 +33,12 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench import backends
 from stepmail_common import event_types
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.kafka import EventProducer, Outgoing, ensure_topics
 from stepmail_common.topics import Topics
-from stepmail_devstack.broker import EmbeddedBroker
-from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
+from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_devstack.processes import ManagedProcess, free_port
 from stepmail_devstack.services import ServiceProcess
 
@@ -275,19 +275,8 @@ def main() -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="bench-sender-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            pg = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
-            pg.start()
-            stack.callback(pg.stop)
-            database_url = pg.dsn()
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port())
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        database_url, _ = backends.postgres(stack, workdir)
+        bootstrap, _ = backends.kafka(stack)
 
         sink_port = free_port()
         if sink_tool:

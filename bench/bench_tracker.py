@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 
+from bench import backends
 from stepmail_common.signing import Signer
 from stepmail_common.tracking import ClickToken, MailRef, OpenToken
-from stepmail_devstack.broker import EmbeddedBroker
-from stepmail_devstack.postgres import EmbeddedPostgres, dsn_with_database, ensure_database
-from stepmail_devstack.processes import free_port
+from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_tracker.app import create_app
 from stepmail_tracker.settings import TrackerSettings
 
@@ -90,21 +89,9 @@ def main() -> dict[str, Any]:
         ),
     }
     with tempfile.TemporaryDirectory(prefix="bench-tracker-") as tmp, ExitStack() as stack:
-        workdir = Path(tmp)
-        workdir.chmod(0o755)
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            pg = EmbeddedPostgres(workdir / "pg", free_port(), fast=True)
-            pg.start()
-            stack.callback(pg.stop)
-            database_url = pg.dsn()
+        database_url, _ = backends.postgres(stack, Path(tmp))
         ensure_database(database_url, "bench_tracker")
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port())
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        bootstrap, _ = backends.kafka(stack)
         figures |= asyncio.run(_run(dsn_with_database(database_url, "bench_tracker"), bootstrap))
     figures["met"] = figures["click"]["p99_ms"] < 10.0
     return figures

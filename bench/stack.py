@@ -9,7 +9,6 @@ the measurement is taken there), the five services as processes, the load genera
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import backends
 from stepmail_devstack.broker import EmbeddedBroker
 from stepmail_devstack.postgres import (
     EmbeddedPostgres,
@@ -83,22 +83,8 @@ class Stack:
 def open_stack(workdir: Path) -> Iterator[Stack]:
     """Start (or take from the environment) Postgres and the broker, and start a sink."""
     with ExitStack() as stack:
-        workdir.chmod(0o755)  # the embedded Postgres runs as its own user
-        postgres = broker = None
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            postgres = EmbeddedPostgres(
-                workdir / "pg", free_port(), fast=True, log_path=workdir / "postgres.log"
-            )
-            postgres.start()
-            stack.callback(postgres.stop)
-            database_url = postgres.dsn()
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not bootstrap:
-            broker = EmbeddedBroker(free_port(), log_path=workdir / "broker.log")
-            broker.start()
-            stack.callback(broker.stop)
-            bootstrap = broker.bootstrap_servers
+        database_url, postgres = backends.postgres(stack, workdir, workdir / "postgres.log")
+        bootstrap, broker = backends.kafka(stack, workdir / "broker.log")
         sink_port = free_port()
         records = workdir / "accepted.txt"
         sink = ManagedProcess(
