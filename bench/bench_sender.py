@@ -23,7 +23,6 @@ import textwrap
 import time
 import uuid
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -34,12 +33,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench import backends
-from stepmail_common import event_types
-from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.kafka import EventProducer, Outgoing, ensure_topics
 from stepmail_common.topics import Topics
 from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_devstack.processes import ManagedProcess, free_port
+from stepmail_devstack.rendered import publish, rendered_mails
 from stepmail_devstack.services import ServiceProcess
 
 PARTITIONS = 8
@@ -110,44 +107,6 @@ def _mime_template() -> str:
     return msg.as_string()
 
 
-def _events(prefix: str, count: int) -> list[Outgoing]:
-    template = _mime_template()
-    topic = Topics(prefix).mail_rendered
-    contacts = max(1, count // 4)
-    items = []
-    for i in range(count):
-        contact_id = f"c-{i % contacts:06d}"
-        message_id = derived_id("bench", prefix, str(i))
-        rcpt = f"u{i % contacts}@example.jp"
-        data: dict[str, Any] = {
-            "message_id": message_id,
-            "enrollment_id": f"enr-{i % contacts}",
-            "scenario": {"id": "spring-campaign", "version": 1},
-            "step": {"id": f"s{i // contacts}", "index": i // contacts},
-            "contact_id": contact_id,
-            "mail_kind": "marketing",
-            "envelope": {"mail_from": "bounce@example.com", "rcpt_to": rcpt},
-            "mime": template.replace("{mid}", message_id).replace("{rcpt}", rcpt),
-            "rendered_at": datetime.now(UTC).isoformat(),
-        }
-        event = CloudEvent(
-            type=event_types.MAIL_RENDERED,
-            source="urn:stepmail:renderer",
-            subject=contact_id,
-            data=data,
-            id=derived_id("rendered", message_id),
-        )
-        items.append(Outgoing(topic, event, contact_id))
-    return items
-
-
-async def _produce(bootstrap: str, items: list[Outgoing]) -> None:
-    await ensure_topics(bootstrap, [items[0].topic], PARTITIONS)
-    async with EventProducer(bootstrap, "bench-sender", enable_idempotence=False) as producer:
-        for start in range(0, len(items), 500):
-            await producer.publish_many(items[start : start + 500])
-
-
 async def _ledger(database_url: str) -> tuple[int, list[float], float | None]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -180,9 +139,12 @@ def _run_sender(
     ensure_database(database_url, db_name)
     db_url = dsn_with_database(database_url, db_name)
     print(f"[{name}] producing {count:,} mails ...", flush=True)
-    items = _events(prefix, count)
+    run = prefix.rstrip(".")
+    items = rendered_mails(
+        Topics(prefix).mail_rendered, _mime_template(), count, contacts=count // 4, run=run
+    )
     size = sum(len(i.event.data["mime"]) for i in items) / len(items)
-    asyncio.run(_produce(bootstrap, items))
+    asyncio.run(publish(bootstrap, items, PARTITIONS))
     del items
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)},

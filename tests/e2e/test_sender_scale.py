@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -23,12 +22,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stepmail_common import event_types
-from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.kafka import EventProducer, Outgoing, ensure_topics
+from stepmail_common.kafka import Outgoing
 from stepmail_common.topics import Topics
 from stepmail_devstack.catcher import CatcherProcess
 from stepmail_devstack.processes import free_port
+from stepmail_devstack.rendered import publish, rendered_mails
 from stepmail_devstack.services import ServiceProcess, platform_env
 
 pytestmark = pytest.mark.e2e
@@ -53,40 +51,9 @@ def mime_template() -> str:
 
 
 def rendered_events(prefix: str, run: str, count: int = MAILS) -> list[Outgoing]:
-    template = mime_template()
-    topic = Topics(prefix).mail_rendered
-    out: list[Outgoing] = []
-    for i in range(count):
-        contact_id = f"c-{run}-{i % CONTACTS:05d}"
-        message_id = derived_id("scale", run, str(i))
-        rcpt = f"u{i % CONTACTS}.{run}@example.jp"
-        data: dict[str, Any] = {
-            "message_id": message_id,
-            "enrollment_id": f"enr-{run}-{i % CONTACTS}",
-            "scenario": {"id": "welcome", "version": 1},
-            "step": {"id": f"s{i // CONTACTS}", "index": i // CONTACTS},
-            "contact_id": contact_id,
-            "mail_kind": "marketing",
-            "envelope": {"mail_from": "bounce@example.com", "rcpt_to": rcpt},
-            "mime": template.replace("{mid}", message_id).replace("{rcpt}", rcpt),
-            "rendered_at": datetime.now(UTC).isoformat(),
-        }
-        event = CloudEvent(
-            type=event_types.MAIL_RENDERED,
-            source="urn:stepmail:renderer",
-            subject=contact_id,
-            data=data,
-            id=derived_id("rendered", message_id),
-        )
-        out.append(Outgoing(topic, event, contact_id))
-    return out
-
-
-async def produce(bootstrap: str, items: list[Outgoing]) -> None:
-    await ensure_topics(bootstrap, [items[0].topic], PARTITIONS)
-    async with EventProducer(bootstrap, "scale-test", enable_idempotence=False) as producer:
-        for start in range(0, len(items), 1000):
-            await producer.publish_many(items[start : start + 1000])
+    return rendered_mails(
+        Topics(prefix).mail_rendered, mime_template(), count, contacts=CONTACTS, run=run
+    )
 
 
 async def ledger_rows(database_url: str) -> list[asyncpg.Record]:
@@ -175,7 +142,7 @@ def test_three_senders_deliver_10000_mails_through_a_sigkill(
         for n in range(3)
     ]
     try:
-        asyncio.run(produce(kafka_bootstrap, items))
+        asyncio.run(publish(kafka_bootstrap, items, PARTITIONS))
         for sender in senders:
             sender.start()
         for sender in senders:
@@ -250,7 +217,7 @@ def test_sigterm_mid_run_finishes_the_batch_commits_and_leaves_nothing_in_doubt(
         0, database_url, kafka_bootstrap, catcher.smtp_url, prefix, repo_root, tmp_path
     )
     try:
-        asyncio.run(produce(kafka_bootstrap, items))
+        asyncio.run(publish(kafka_bootstrap, items, PARTITIONS))
         sender.start()
         sender.wait_ready(60)
         wait_for(lambda: received_total(catcher) >= 500, 120, "the run to be under way")
