@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -128,7 +129,7 @@ class EventProducer:
                     futures.append(
                         await self._producer.send(
                             item.topic,
-                            value=item.event.to_json(),
+                            value=orjson.dumps(doc),
                             key=item.key.encode(),
                             headers=headers,
                         )
