@@ -23,6 +23,16 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """Release a connection to the pool without asyncpg's reset query.
+
+    The default reset (unlock advisory locks, close cursors, unlisten, reset settings) costs
+    a round trip on every release; stepmail's pooled connections hold no session state
+    (advisory locks are transaction-scoped, settings are ``SET LOCAL``, nothing listens),
+    and asyncpg still rolls back a transaction left open before this runs.
+    """
+
+
 def _quote_ident(name: str) -> str:
     if not name.isidentifier() or not name.isascii():
         raise ValueError(f"not a plain SQL identifier: {name!r}")
@@ -38,6 +48,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
+        reset=_keep_session,
         server_settings={"search_path": f"{_quote_ident(schema)},public", "timezone": "UTC"},
         command_timeout=30,
     )
