@@ -152,6 +152,9 @@ class EventProducer:
 
 Handler = Callable[[CloudEvent], Awaitable[None]]
 T = TypeVar("T")
+Failures = Mapping[int, Exception]
+"""What a batch handler could not process: the item's index in its batch, and why."""
+BatchHandler = Callable[[Sequence[T]], Awaitable[Failures | None]]
 Batch = dict[TopicPartition, list["ConsumerRecord[bytes, bytes]"]]
 
 
@@ -419,13 +422,17 @@ class EventConsumer(_GroupConsumer):
 
 class BatchConsumer(_GroupConsumer, Generic[T]):
     """Hands each fetched batch to ``handler`` at once, so it can work on many events
-    concurrently (the sender's SMTP windows).
+    concurrently (the sender's SMTP windows) or in one transaction.
 
     ``prepare`` turns each event into what the handler takes; a record that is no valid
     event, or that ``prepare`` refuses with an error that is not retriable, is
-    dead-lettered alone. A retriable error of the handler retries the whole batch (the
-    handler is idempotent); any other stops the loop, and with it the process. Offsets are
-    committed only once the handler returned for the whole batch.
+    dead-lettered alone. The handler returns the items it could not process, by their
+    index in what it was given, with the error; those are dead-lettered alone too. A
+    retriable error of the handler retries the whole batch (the handler is idempotent);
+    any other stops the loop, and with it the process. Offsets are committed only once the
+    handler returned for the whole batch and its failures are dead-lettered.
+
+    The items keep the order of their partition, so one contact's events arrive in order.
     """
 
     def __init__(
@@ -435,7 +442,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         topic: str,
         group_id: str,
         prepare: Callable[[CloudEvent], T],
-        handler: Callable[[Sequence[T]], Awaitable[None]],
+        handler: "BatchHandler[T]",
         producer: EventProducer,
         max_batch: int = 500,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
@@ -467,6 +474,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         batch is done; ``prepare`` runs inside it, so what it builds can carry the trace
         on (``telemetry.trace_carrier()``)."""
         items: list[T] = []
+        prepared: list[tuple[ConsumerRecord[bytes, bytes], trace.Span]] = []
         for records in batch.values():
             for record in records:
                 span = tracer.start_span(
@@ -481,6 +489,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
                         span, record_exception=False, set_status_on_exception=False
                     ):
                         items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
+                    prepared.append((record, span))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
                     span.record_exception(exc)
                     if not await self._dead_letter(record, exc):
@@ -489,7 +498,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         attempt = 0
         while True:
             try:
-                await self._handler(items)
+                failures = await self._handler(items) or {}
             except Exception as exc:
                 if not is_retriable(exc):
                     raise
@@ -498,6 +507,11 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
                     continue
                 return {}
             break
-        telemetry.KAFKA_CONSUMED.labels(self._topic, "ok").inc(len(items))
+        for index, failure in sorted(failures.items()):
+            record, span = prepared[index]
+            span.record_exception(failure)
+            if not await self._dead_letter(record, failure):
+                return {}
+        telemetry.KAFKA_CONSUMED.labels(self._topic, "ok").inc(len(items) - len(failures))
         telemetry.KAFKA_HANDLE_SECONDS.labels(self._topic).observe(time.perf_counter() - started)
         return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

@@ -1,0 +1,108 @@
+"""The batch consumer against the real broker: what a batch handler reports as failed is
+dead-lettered alone with its reason; the rest is handled once and committed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from stepmail_common import event_types
+from stepmail_common.errors import PermanentError
+from stepmail_common.events import CloudEvent
+from stepmail_common.kafka import DLQ_REASON, BatchConsumer, EventProducer, Failures, ensure_topics
+from stepmail_common.topics import Topics
+from tests.integration.kafka_reader import read_records
+
+pytestmark = pytest.mark.integration
+
+
+def _erased(contact_id: str) -> CloudEvent:
+    return CloudEvent(
+        type=event_types.CONTACT_ERASED,
+        source="urn:stepmail:test",
+        subject=contact_id,
+        data={"contact_id": contact_id, "requested_at": datetime.now(UTC).isoformat()},
+    )
+
+
+async def _run_until(consumer: BatchConsumer[CloudEvent], done: asyncio.Event) -> None:
+    await consumer.start()
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.wait_for(done.wait(), timeout=30)
+    finally:
+        await consumer.stop()
+        await task
+
+
+def test_failed_items_are_dead_lettered_alone_and_the_rest_committed(kafka_bootstrap: str):
+    topics = Topics(f"batch{uuid.uuid4().hex[:8]}.")
+    topic, group = topics.contact_events, f"{topics.prefix}consumer"
+    events = [_erased("c-same") for _ in range(6)]
+    poisoned = events[2].id
+
+    late = _erased("c-late")
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        await ensure_topics(kafka_bootstrap, [topic], 2)
+        handled: list[str] = []
+        done = asyncio.Event()
+        async with EventProducer(kafka_bootstrap, "test-batch", enable_idempotence=False) as p:
+            for event in events:
+                await p.publish(topic, event, key=event.subject)
+
+            async def handle(batch: Sequence[CloudEvent]) -> Failures:
+                failures: dict[int, Exception] = {}
+                for index, event in enumerate(batch):
+                    if event.id == poisoned:
+                        failures[index] = PermanentError("contact c-same cannot be erased")
+                    else:
+                        handled.append(event.id)
+                if len(handled) >= len(events) - 1:
+                    done.set()
+                return failures
+
+            first = BatchConsumer(
+                bootstrap=kafka_bootstrap,
+                topic=topic,
+                group_id=group,
+                prepare=lambda event: event,
+                handler=handle,
+                producer=p,
+            )
+            await _run_until(first, done)
+
+            # The group's offsets are committed: a second consumer of the group gets nothing
+            # until a new event arrives, and then only that one.
+            again: list[str] = []
+            await p.publish(topic, late, key=late.subject)
+            arrived = asyncio.Event()
+
+            async def collect(batch: Sequence[CloudEvent]) -> None:
+                again.extend(event.id for event in batch)
+                arrived.set()
+
+            second = BatchConsumer(
+                bootstrap=kafka_bootstrap,
+                topic=topic,
+                group_id=group,
+                prepare=lambda event: event,
+                handler=collect,
+                producer=p,
+            )
+            await _run_until(second, arrived)
+        return handled, again
+
+    handled, again = asyncio.run(scenario())
+    assert handled == [e.id for e in events if e.id != poisoned], "in order, each once"
+    assert again == [late.id]
+
+    dead = asyncio.run(read_records(kafka_bootstrap, Topics.dlq(topic), 1, within=10))
+    assert len(dead) == 1
+    assert CloudEvent.from_json(dead[0].value or b"").id == poisoned
+    headers = dict(dead[0].headers)
+    assert headers[DLQ_REASON] == b"PermanentError: contact c-same cannot be erased"
