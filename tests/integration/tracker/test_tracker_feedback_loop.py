@@ -191,10 +191,10 @@ async def test_machine_opens_are_published_flagged_with_a_reason(tracker: Tracke
     assert [e.data["machine_reason"] for e in events] == [reason for _, _, reason in MACHINES]
 
 
-async def _deliver(tracker: Tracker, ref: MailRef, at: dt.datetime) -> None:
-    """A ``delivery.sent`` on the topic, as the sender writes it; wait until the tracker has it."""
-    event = CloudEvent(
-        type=event_types.DELIVERY_SENT,
+def _delivery_event(ref: MailRef, at: dt.datetime, state: str = "sent") -> CloudEvent:
+    """A delivery event as the sender writes it."""
+    return CloudEvent(
+        type=f"stepmail.delivery.{state}.v1",
         source="urn:stepmail:sender",
         subject=ref.contact_id,
         data={
@@ -202,32 +202,57 @@ async def _deliver(tracker: Tracker, ref: MailRef, at: dt.datetime) -> None:
             "contact_id": ref.contact_id,
             "scenario": {"id": ref.scenario_id, "version": ref.scenario_version},
             "step": {"id": ref.step_id, "index": ref.step_index},
-            "state": "sent",
+            "state": state,
             "attempt": 1,
-            "smtp_code": 250,
-            "smtp_response": "OK",
+            **({"smtp_code": 250, "smtp_response": "OK"} if state == "sent" else {}),
             "at": at.isoformat(),
         },
     )
-    async with EventProducer(tracker.bootstrap, "test", enable_idempotence=False) as producer:
-        await producer.publish(tracker.topics.delivery_events, event, key=ref.contact_id)
+
+
+async def _recorded(tracker: Tracker, message_id: str) -> dt.datetime | None:
     conn = await asyncpg.connect(tracker.database_url)
     try:
-        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
-        while not await conn.fetchval(
-            "SELECT 1 FROM tracker.deliveries WHERE message_id = $1", ref.message_id
-        ):
-            assert dt.datetime.now(dt.UTC) < deadline, "delivery.sent never consumed"
-            await asyncio.sleep(0.05)  # poll interval; the deadline decides
+        at: dt.datetime | None = await conn.fetchval(
+            "SELECT sent_at FROM tracker.deliveries WHERE message_id = $1", message_id
+        )
+        return at
     finally:
         await conn.close()
+
+
+async def _deliver(tracker: Tracker, *events: CloudEvent) -> None:
+    """Delivery events on the topic; wait until the tracker has the last one (a ``sent``)."""
+    async with EventProducer(tracker.bootstrap, "test", enable_idempotence=False) as producer:
+        for event in events:
+            await producer.publish(tracker.topics.delivery_events, event, key=event.subject)
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    while not await _recorded(tracker, events[-1].data["message_id"]):
+        assert dt.datetime.now(dt.UTC) < deadline, "delivery.sent never consumed"
+        await asyncio.sleep(0.05)  # poll interval; the deadline decides
+
+
+async def test_sent_mails_are_recorded_once_and_other_delivery_events_skipped(tracker: Tracker):
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    twice, sending, last = _ref("c-twice"), _ref("c-sending"), _ref("c-last")
+    first = _delivery_event(twice, now)
+    await _deliver(
+        tracker,
+        first,
+        _delivery_event(twice, now + dt.timedelta(seconds=9)),
+        first,
+        _delivery_event(sending, now, "sending"),
+        _delivery_event(last, now),
+    )
+    assert await _recorded(tracker, twice.message_id) == now, "the first sent time stays"
+    assert await _recorded(tracker, sending.message_id) is None
 
 
 async def test_a_click_seconds_after_delivery_is_a_machine_a_later_one_a_person(tracker: Tracker):
     now = dt.datetime.now(dt.UTC)
     fresh, older = _ref("c-fresh"), _ref("c-older")
-    await _deliver(tracker, fresh, now)
-    await _deliver(tracker, older, now - dt.timedelta(minutes=5))
+    await _deliver(tracker, _delivery_event(fresh, now))
+    await _deliver(tracker, _delivery_event(older, now - dt.timedelta(minutes=5)))
     for ref in (fresh, older):
         token = ClickToken(ref, 0, "https://shop.example.com/").encode(SIGNER)
         response = await tracker.client.get(f"/c/{token}", headers={"User-Agent": BROWSER})
@@ -511,7 +536,7 @@ async def test_sendgrid_bad_signatures_are_refused_and_publish_nothing(tracker: 
 async def test_complaint_ratio_gauge_follows_the_window(tracker: Tracker):
     now = dt.datetime.now(dt.UTC)
     for _ in range(4):
-        await _deliver(tracker, _ref("c-rate"), now - dt.timedelta(minutes=1))
+        await _deliver(tracker, _delivery_event(_ref("c-rate"), now - dt.timedelta(minutes=1)))
     response = await tracker.client.post(
         "/v1/feedback/ses", content=orjson.dumps(_sns_notification(_ses_complaint()))
     )

@@ -1,37 +1,42 @@
-"""Handlers of consumed events: delivery times (for machine opens and ratios) and erasures."""
+"""Handlers of consumed events: delivery times (for machine opens and ratios) and erasures.
 
+Delivery events come in batches, one statement per batch; erasures are rare and come one
+at a time on their own consumer.
+"""
+
+from collections.abc import Sequence
 from datetime import datetime
 
 from stepmail_common import event_types
 from stepmail_common.events import CloudEvent
-from stepmail_common.kafka import Handler
-from stepmail_tracker.repository import Repository
+from stepmail_common.kafka import BatchHandler, Failures, Handler
+from stepmail_tracker.repository import Repository, Sent
 
 
-async def delivery_sent(event: CloudEvent, repo: Repository) -> None:
+def sent_delivery(event: CloudEvent) -> Sent | None:
+    """A ``delivery.sent`` event's facts; ``None`` for the other delivery events."""
+    if event.type != event_types.DELIVERY_SENT:
+        return None
     data = event.data
-    await repo.record_sent(
-        data["message_id"], data["contact_id"], datetime.fromisoformat(data["at"])
-    )
+    return Sent(data["message_id"], data["contact_id"], datetime.fromisoformat(data["at"]))
 
 
-async def contact_erased(event: CloudEvent, repo: Repository) -> None:
-    """Forget the contact's opt-out state and delivery times."""
-    await repo.erase_contact(event.data["contact_id"])
+def record_deliveries(repo: Repository) -> BatchHandler[Sent | None]:
+    """The batch handler of ``delivery-events``: the batch's sent mails in one statement."""
+
+    async def handle(batch: Sequence[Sent | None]) -> Failures | None:
+        await repo.record_sent([sent for sent in batch if sent is not None])
+        return None
+
+    return handle
 
 
-_HANDLERS = {
-    event_types.DELIVERY_SENT: delivery_sent,
-    event_types.CONTACT_ERASED: contact_erased,
-}
-
-
-def dispatcher(repo: Repository) -> Handler:
-    """The handler of ``delivery-events`` and ``contact-events``; other types are skipped."""
+def contact_erased(repo: Repository) -> Handler:
+    """The handler of ``contact-events``: forget an erased contact's opt-outs and delivery
+    times; other types are skipped."""
 
     async def handle(event: CloudEvent) -> None:
-        handler = _HANDLERS.get(event.type)
-        if handler is not None:
-            await handler(event, repo)
+        if event.type == event_types.CONTACT_ERASED:
+            await repo.erase_contact(event.data["contact_id"])
 
     return handle

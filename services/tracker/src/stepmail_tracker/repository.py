@@ -25,17 +25,30 @@ class Preference:
 SUBSCRIBED = Preference(True, None, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """When a mail was accepted by the receiving server, and whose it was."""
+
+    message_id: str
+    contact_id: str
+    at: datetime
+
+
 class Repository:
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._pool = pool
 
-    async def record_sent(self, message_id: str, contact_id: str, sent_at: datetime) -> None:
+    async def record_sent(self, sent: Sequence[Sent]) -> None:
+        """Store when each mail was sent; a redelivered one changes nothing."""
+        if not sent:
+            return
         await self._pool.execute(
-            "INSERT INTO deliveries (message_id, contact_id, sent_at) VALUES ($1, $2, $3)"
+            "INSERT INTO deliveries (message_id, contact_id, sent_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])"
             " ON CONFLICT (message_id) DO NOTHING",
-            message_id,
-            contact_id,
-            sent_at,
+            [s.message_id for s in sent],
+            [s.contact_id for s in sent],
+            [s.at for s in sent],
         )
 
     async def sent_at(self, message_id: str) -> datetime | None:
