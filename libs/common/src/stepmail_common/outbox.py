@@ -65,7 +65,7 @@ async def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
 
 
 class OutboxRelay(PeriodicLoop):
-    """Publishes committed outbox rows in id order, then deletes them."""
+    """Publishes committed outbox rows in id order and deletes them."""
 
     def __init__(
         self,
@@ -82,11 +82,17 @@ class OutboxRelay(PeriodicLoop):
         self._batch = batch
 
     async def run_once(self) -> bool:
+        # Taken and deleted in one statement; the transaction commits only after the
+        # broker acknowledged, so a failed publish rolls the rows back for the next pass.
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, topic, key, event, trace FROM outbox"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self._batch,
+            rows = sorted(
+                await conn.fetch(
+                    "DELETE FROM outbox WHERE id = ANY(ARRAY("
+                    "SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))"
+                    " RETURNING id, topic, key, event, trace",
+                    self._batch,
+                ),
+                key=lambda r: r["id"],
             )
             if not rows:
                 return False
@@ -95,9 +101,6 @@ class OutboxRelay(PeriodicLoop):
                     Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"], r["trace"])
                     for r in rows
                 ]
-            )
-            await conn.execute(
-                "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
             )
         OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows) >= self._batch
