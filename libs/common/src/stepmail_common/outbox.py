@@ -100,7 +100,8 @@ class OutboxRelay(PeriodicLoop):
                 [
                     Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"], r["trace"])
                     for r in rows
-                ]
+                ],
+                validated=True,  # by ``from_dict``
             )
         OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows) >= self._batch

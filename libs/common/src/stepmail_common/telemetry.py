@@ -122,6 +122,12 @@ def configure_tracing(
     return provider
 
 
+def recording() -> bool:
+    """Whether spans are recorded (an SDK provider is installed). Without one, the hot paths
+    skip making spans and only pass an incoming trace context on."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def trace_carrier() -> dict[str, str]:
     """The current trace context as a small dict, to store beside work done later."""
     carrier: dict[str, str] = {}
