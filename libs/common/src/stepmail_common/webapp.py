@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,6 +71,9 @@ class RequestTracing:
             for name, value in scope["headers"]
             if name in (b"traceparent", b"tracestate")
         }
+        if not telemetry.recording():
+            await self._pass_on(carrier, scope, receive, send)
+            return
         method = _method(scope)
         status = 500
 
@@ -95,6 +99,19 @@ class RequestTracing:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(trace.StatusCode.ERROR)
+
+    async def _pass_on(
+        self, carrier: dict[str, str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """No span is recorded: only continue the caller's trace, if it sent one."""
+        if not carrier:
+            await self.app(scope, receive, send)
+            return
+        token = otel_context.attach(propagate.extract(carrier))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            otel_context.detach(token)
 
 
 class RequestMetrics:
