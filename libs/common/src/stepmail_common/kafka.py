@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -23,6 +23,7 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from stepmail_common import telemetry
@@ -173,6 +174,27 @@ class EventProducer:
         telemetry.KAFKA_PRODUCED.labels(topic).inc()
 
 
+@contextlib.contextmanager
+def _within(span: trace.Span, parent: otel_context.Context) -> Iterator[None]:
+    """Make ``span`` current; with no span recorded, the producer's context instead, so
+    what the work publishes still continues its trace."""
+    token = otel_context.attach(
+        parent if span is trace.INVALID_SPAN else trace.set_span_in_context(span)
+    )
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextlib.contextmanager
+def _ended(span: trace.Span) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        span.end()
+
+
 Handler = Callable[[CloudEvent], Awaitable[None]]
 T = TypeVar("T")
 Failures = Mapping[int, Exception]
@@ -282,6 +304,19 @@ class _GroupConsumer:
                 "offset commit refused after a rebalance; the new owner re-reads",
                 extra={"error": exc.__class__.__name__},
             )
+
+    def _start_process_span(
+        self, record: "ConsumerRecord[bytes, bytes]", parent: otel_context.Context
+    ) -> trace.Span:
+        """A ``process`` span, child of the producer's; none when spans are not recorded."""
+        if not telemetry.recording():
+            return trace.INVALID_SPAN
+        return tracer.start_span(
+            f"process {record.topic}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes=self._process_attributes(record),
+        )
 
     def _process_attributes(self, record: "ConsumerRecord[bytes, bytes]") -> dict[str, str | int]:
         """Messaging attributes of a ``process`` span; the key is a contact id, never
@@ -421,12 +456,8 @@ class EventConsumer(_GroupConsumer):
         attempt = 0
         started = time.perf_counter()
         while True:
-            with tracer.start_as_current_span(
-                f"process {topic}",
-                context=parent,
-                kind=trace.SpanKind.CONSUMER,
-                attributes=self._process_attributes(record),
-            ) as span:
+            span = self._start_process_span(record, parent)
+            with _within(span, parent), _ended(span):
                 try:
                     event = CloudEvent.from_json(record.value or b"")
                     await self._handler(event)
@@ -500,17 +531,11 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         prepared: list[tuple[ConsumerRecord[bytes, bytes], trace.Span]] = []
         for records in batch.values():
             for record in records:
-                span = tracer.start_span(
-                    f"process {record.topic}",
-                    context=telemetry.extract_context(record.headers),
-                    kind=trace.SpanKind.CONSUMER,
-                    attributes=self._process_attributes(record),
-                )
+                parent = telemetry.extract_context(record.headers)
+                span = self._start_process_span(record, parent)
                 spans.append(span)
                 try:
-                    with trace.use_span(
-                        span, record_exception=False, set_status_on_exception=False
-                    ):
+                    with _within(span, parent):
                         items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
                     prepared.append((record, span))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
