@@ -183,7 +183,9 @@ bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: B
 basic = HTTPBasic(auto_error=False, description="Segment: the write key as user name")
 
 
-def ingest_of(request: Request) -> Ingest:
+async def ingest_of(request: Request) -> Ingest:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
+    thread hand-off on every request."""
     ingest: Ingest = request.app.state.ingest
     return ingest
 
