@@ -1,8 +1,8 @@
 """Accepting events: idempotency, CloudEvents, one durable publish per request."""
 
 import hashlib
-import uuid
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,19 @@ from stepmail_ingest.repository import IngestRepository, Remember
 from stepmail_ingest.schemas import ConsentIn, ContactUpsertIn, EventIn
 
 SOURCE = "urn:stepmail:ingest"
+
+
+def random_ids(count: int) -> Iterator[str]:
+    """``count`` random UUIDv4 strings (RFC 9562) from one read of the OS's random source.
+
+    ``str(uuid.uuid4())`` costs a system call and a ``UUID`` object per id, a tenth of a
+    batch request's time; the ids are the same kind.
+    """
+    raw = os.urandom(16 * count)
+    for start in range(0, 16 * count, 16):
+        h = raw[start : start + 16].hex()
+        # version 4 in the 13th hex digit, variant 10xx in the 17th
+        yield (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}")
 
 
 def fingerprint(body: object) -> bytes:
@@ -146,9 +159,10 @@ class EventIntake:
         results: list[Accepted] = []
         outgoing: list[Outgoing] = []
         fresh: dict[str, Remember] = {}
+        ids = random_ids(len(items) - len(keyed))
         for item in items:
             if item.dedupe is None:
-                event_id = str(uuid.uuid4())
+                event_id = next(ids)
             else:
                 earlier = seen.get(item.dedupe)
                 if earlier is None and item.dedupe in fresh:
