@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from stepmail_common import event_types
+from stepmail_ingest.schemas import BatchAccepted, EventAccepted
 from tests.integration.ingest.conftest import Ingest
 
 pytestmark = pytest.mark.integration
@@ -26,6 +27,9 @@ async def test_event_is_published_as_a_cloudevent_keyed_by_contact(ingest: Inges
     )
     assert response.status_code == 202
     body = response.json()
+    assert response.headers["content-type"] == "application/json"
+    assert EventAccepted.model_validate(body).model_dump() == body
+    assert "Idempotent-Replayed" not in response.headers
     (event,) = await ingest.events(1)
     assert event.id == body["id"]
     assert event.type == event_types.EVENT_RECEIVED
@@ -56,6 +60,7 @@ async def test_batch_is_one_request_with_per_event_results(ingest: Ingest):
     response = await ingest.post("/v1/events:batch", {"events": events})
     assert response.status_code == 202, response.text
     body = response.json()
+    assert BatchAccepted.model_validate(body).model_dump() == body
     assert (body["accepted"], body["replayed"]) == (3, 1)
     assert [r["replayed"] for r in body["results"]] == [False, False, False, True]
     assert body["results"][3]["id"] == body["results"][0]["id"]
