@@ -1,5 +1,6 @@
 """Customer events, single and batched: durability, idempotency, all-or-nothing, errors."""
 
+import json
 import uuid
 from typing import Any
 
@@ -138,3 +139,53 @@ async def test_rate_limit_answers_429_with_retry_after(ingest: Ingest):
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.json()["type"] == "urn:stepmail:problem:rate-limited"
+
+
+async def _raw(ingest: Ingest, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    response = await ingest.client.post("/v1/events", content=body, headers=headers)
+    return response.status_code, response.json()
+
+
+def _fields(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["detail"]) for e in doc.get("errors", [])]
+
+
+async def test_event_routes_answer_in_fastapis_order(ingest: Ingest):
+    """The event routes read their request by hand; the answers are FastAPI's own:
+    the body is decoded before the key is checked, the key before fields are validated,
+    and the header's and the body's wrong fields come in one answer."""
+    json_type = {"Content-Type": "application/json"}
+    authed = {**ingest.auth(), **json_type}
+    valid = json.dumps(_event()).encode()
+
+    status, doc = await _raw(ingest, b'{"type": ', json_type)
+    assert (status, _fields(doc)) == (422, [("9", "JSON decode error")])
+    assert (await _raw(ingest, valid, json_type))[0] == 401
+    assert (await _raw(ingest, valid, {**json_type, "Authorization": "Basic abc"}))[0] == 401
+    assert (await _raw(ingest, b'{"type": "\xff"}', authed))[0] == 400
+
+    status, doc = await _raw(ingest, b"", authed)
+    assert (status, _fields(doc)) == (422, [("body", "Field required")])
+    status, doc = await _raw(ingest, valid, {**ingest.auth(), "Content-Type": "text/plain"})
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["body"]
+    assert (await _raw(ingest, valid, ingest.auth()))[0] == 422
+
+    bad = _event()
+    bad["contact"]["email"] = "not-an-address"
+    status, doc = await _raw(
+        ingest, json.dumps(bad).encode(), {**authed, "Idempotency-Key": "k" * 201}
+    )
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["header.idempotency-key", "contact.email"]
+
+    cloud = await _raw(
+        ingest, valid, {**ingest.auth(), "Content-Type": "application/cloudevents+json"}
+    )
+    assert cloud[0] == 202
+    # Not strict JSON, but Python's parser takes it, as FastAPI's does.
+    assert (
+        await _raw(
+            ingest, b'{"type": "t", "contact": {"id": "c"}, "properties": {"ratio": NaN}}', authed
+        )
+    )[0] == 202

@@ -33,6 +33,8 @@ from stepmail_common.webapp import (
 from stepmail_ingest import metrics
 from stepmail_ingest.adapters import segment, shopify
 from stepmail_ingest.auth import ApiKeys, hash_api_key, new_api_key, unauthorized
+from stepmail_ingest.decoding import M, body_as, decode_body, openapi_extra
+from stepmail_ingest.decoding import idempotency_key as decoded_idempotency_key
 from stepmail_ingest.errors import PayloadError, SignatureError
 from stepmail_ingest.limits import BodyLimit
 from stepmail_ingest.openapi import install_openapi
@@ -201,18 +203,34 @@ async def ingest_of(request: Request) -> Ingest:
 Ctx = Annotated[Ingest, Depends(ingest_of)]
 
 
+async def _bearer_key(
+    ingest: Ingest, credentials: HTTPAuthorizationCredentials | None, scope: str
+) -> ApiKey:
+    if credentials is None:
+        raise unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
+    key = await ingest.keys.authenticate(credentials.credentials, scope)
+    ingest.admit(key.scope, key.rate_limit_per_second)
+    return key
+
+
 def api_key(scope: str) -> Callable[..., Awaitable[ApiKey]]:
     async def dependency(
         ingest: Ctx,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiKey:
-        if credentials is None:
-            raise unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
-        key = await ingest.keys.authenticate(credentials.credentials, scope)
-        ingest.admit(key.scope, key.rate_limit_per_second)
-        return key
+        return await _bearer_key(ingest, credentials, scope)
 
     return dependency
+
+
+async def _events_request(request: Request, model: type[M]) -> tuple[Ingest, ApiKey, str | None, M]:
+    """The event routes' inputs, in FastAPI's order (see ``decoding``)."""
+    body = decode_body(await request.body(), request.headers.get("content-type"))
+    ingest = await ingest_of(request)
+    key = await _bearer_key(ingest, await bearer(request), "events:write")
+    errors: list[dict[str, Any]] = []
+    idempotency_key = decoded_idempotency_key(request, errors)
+    return ingest, key, idempotency_key, body_as(model, body, errors)
 
 
 async def segment_key(
@@ -225,7 +243,6 @@ async def segment_key(
     return key
 
 
-EventsKey = Annotated[ApiKey, Depends(api_key("events:write"))]
 ContactsKey = Annotated[ApiKey, Depends(api_key("contacts:write"))]
 AdminKey = Annotated[ApiKey, Depends(api_key("admin"))]
 SegmentKey = Annotated[ApiKey, Depends(segment_key)]
@@ -277,7 +294,7 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
     )
     install_common(app, dependency_checks(app))
     app.add_middleware(BodyLimit, max_bytes=settings.ingest_max_body_bytes)
-    install_openapi(app)
+    install_openapi(app, [EventIn, EventBatchIn])
 
     # Events and contacts
 
@@ -288,14 +305,11 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
         summary="Accept one customer event",
         tags=["events"],
         responses=WRITES,
+        openapi_extra=openapi_extra(EventIn),
     )
-    async def post_event(
-        event: EventIn,
-        ingest: Ctx,
-        key: EventsKey,
-        idempotency_key: IdempotencyKey = None,
-    ) -> Response:
+    async def post_event(request: Request) -> Response:
         """202 only after the broker acknowledged the event."""
+        ingest, key, idempotency_key, event = await _events_request(request, EventIn)
         dedupe = idempotency_key or (f"id:{event.id}" if event.id else None)
         item = customer_event(event, ingest.intake.now(), dedupe)
         (accepted,) = await ingest.intake.accept(key.scope, [item])
@@ -311,14 +325,14 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
         summary="Accept up to 1,000 customer events at once, all or nothing",
         tags=["events"],
         responses=WRITES,
+        openapi_extra=openapi_extra(EventBatchIn),
     )
-    async def post_events(
-        batch: EventBatchIn, ingest: Ctx, key: EventsKey, idempotency_key: IdempotencyKey = None
-    ) -> Response:
+    async def post_events(request: Request) -> Response:
         """Every event is validated before any is published; one publish for all.
 
         With an Idempotency-Key, event *i* dedupes on ``<key>:<i>``; otherwise on its ``id``.
         """
+        ingest, key, idempotency_key, batch = await _events_request(request, EventBatchIn)
         if len(batch.events) > settings.ingest_max_batch:
             raise RequestValidationError(
                 [
