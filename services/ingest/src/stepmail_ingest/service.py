@@ -18,7 +18,7 @@ from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
 from stepmail_ingest import metrics
 from stepmail_ingest.repository import IngestRepository, Remember
-from stepmail_ingest.schemas import ConsentIn, ContactUpsertIn, EventIn
+from stepmail_ingest.schemas import ConsentIn, ContactIn, ContactUpsertIn, EventIn
 
 SOURCE = "urn:stepmail:ingest"
 
@@ -69,7 +69,7 @@ def customer_event(
 ) -> Pending:
     data: dict[str, Any] = {
         "name": event.type,
-        "contact": event.contact.model_dump(mode="json", exclude_none=True, exclude={"consent"}),
+        "contact": contact_fields(event.contact),
         "properties": event.properties,
         "occurred_at": (event.occurred_at or now).isoformat(),
     }
@@ -79,6 +79,22 @@ def customer_event(
         data["idempotency_key"] = dedupe[:255]
     print_ = fingerprint(event.model_dump(mode="json")) if dedupe is not None else b""
     return Pending(event_types.EVENT_RECEIVED, event.contact.id, data, dedupe, print_, origin)
+
+
+def contact_fields(contact: ContactIn) -> dict[str, Any]:
+    """``contact.model_dump(mode="json", exclude_none=True, exclude={"consent"})``,
+    written out: pydantic's dump with ``exclude`` costs a tenth of a batch request."""
+    fields: dict[str, Any] = {"id": contact.id}
+    if contact.email is not None:
+        fields["email"] = contact.email
+    if contact.name is not None:
+        fields["name"] = contact.name
+    if contact.locale is not None:
+        fields["locale"] = contact.locale
+    if contact.time_zone is not None:
+        fields["time_zone"] = contact.time_zone
+    fields["attributes"] = contact.attributes
+    return fields
 
 
 def _consent(consent: ConsentIn, now: datetime) -> dict[str, Any]:
