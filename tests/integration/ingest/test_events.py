@@ -178,6 +178,9 @@ async def test_event_routes_answer_in_fastapis_order(ingest: Ingest):
     )
     assert status == 422
     assert [field for field, _ in _fields(doc)] == ["header.idempotency-key", "contact.email"]
+    status, doc = await _raw(ingest, valid, {**authed, "Idempotency-Key": "k" * 201})
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["header.idempotency-key"]
 
     cloud = await _raw(
         ingest, valid, {**ingest.auth(), "Content-Type": "application/cloudevents+json"}

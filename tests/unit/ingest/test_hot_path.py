@@ -1,13 +1,18 @@
 """What keeps ingest's request path cheap: no thread hand-offs, ids made in bulk."""
 
 import inspect
+import json
 import uuid
+from typing import Any
 
+import pytest
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from stepmail_ingest.app import create_app
-from stepmail_ingest.service import random_ids
+from stepmail_ingest.decoding import parse_valid
+from stepmail_ingest.schemas import ContactIn, EventContactIn, EventIn
+from stepmail_ingest.service import contact_fields, random_ids
 from stepmail_ingest.settings import IngestSettings
 
 
@@ -46,3 +51,63 @@ def test_random_ids_are_distinct_uuid4_strings():
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
     assert list(random_ids(0)) == []
+
+
+CONTACTS = [
+    {"id": "c-1"},
+    {"id": " c-2 ", "email": "hanako@example.jp", "name": "佐藤 花子", "locale": "ja-JP"},
+    {"id": "c-3", "time_zone": "Asia/Tokyo", "attributes": {"rank": ["gold", 1, None]}},
+    {
+        "id": "c-4",
+        "email": "a@b.jp",
+        "consent": {
+            "status": "granted",
+            "kinds": ["marketing"],
+            "source": "form",
+            "evidence": {"ip": "192.0.2.1"},
+        },
+    },
+]
+
+
+def test_contact_fields_knows_every_field():
+    """A field added to the contact must be added to ``contact_fields()`` too."""
+    known = {"id", "email", "name", "locale", "time_zone", "attributes"}
+    assert set(ContactIn.model_fields) == known
+    assert set(EventContactIn.model_fields) == known | {"consent"}
+
+
+@pytest.mark.parametrize("contact", CONTACTS)
+def test_contact_fields_are_the_models_dump(contact: dict[str, Any]):
+    model = EventContactIn.model_validate(contact)
+    expected = model.model_dump(mode="json", exclude_none=True, exclude={"consent"})
+    written = contact_fields(model)
+    assert written == expected
+    assert list(written) == list(expected)
+
+
+BODIES = [
+    b'{"type": "t", "contact": {"id": "c"}, "properties": {"n": 1e400}}',
+    b'{"type": "signup", "contact": {"id": "c"}, "properties": {"n": 18446744073709551615}}',
+    b'{"type": "t", "contact": {"id": "c", "name": "\\u4f50\\u85e4"}, "properties": '
+    b'{"deep": {"a": [1, 2.5, true, null]}}, "occurred_at": "2025-04-01T09:00:00+09:00"}',
+]
+
+
+@pytest.mark.parametrize("raw", BODIES)
+def test_one_pass_parse_is_the_two_pass_parse(raw: bytes):
+    assert parse_valid(EventIn, raw, "application/json") == EventIn.model_validate(json.loads(raw))
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b'{"type": "t", "contact": {"id": "c"}}', "text/plain"),
+        (b'{"type": "t", "contact": {"id": "c"}}', None),
+        (b"", "application/json"),
+        (b'{"type": "t"', "application/json"),
+        (b'{"type": "t", "contact": {"id": "c"}, "extra": 1}', "application/json"),
+    ],
+)
+def test_one_pass_parse_leaves_anything_else_to_fastapis_rules(raw: bytes, content_type: str):
+    assert parse_valid(EventIn, raw, content_type) is None

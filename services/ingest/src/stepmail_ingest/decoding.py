@@ -91,6 +91,17 @@ def idempotency_key(request: Request, errors: list[dict[str, Any]]) -> str | Non
         return None
 
 
+def parse_valid(model: type[M], raw: bytes, content_type: str | None) -> M | None:
+    """``raw`` parsed and validated as ``model`` in one pass, or ``None`` when it is not
+    valid JSON of it: then ``decode_body`` and ``body_as`` make FastAPI's answer."""
+    if not raw or not _is_json(content_type):
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        return None
+
+
 def body_as(model: type[M], body: object, errors: list[dict[str, Any]]) -> M:
     """``body`` validated as ``model``; raises every error so far, the body's included."""
     if isinstance(body, _Missing):
