@@ -5,6 +5,7 @@ import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from stepmail_common import event_types
 from stepmail_ingest.schemas import BatchAccepted, EventAccepted
@@ -58,7 +59,11 @@ async def test_idempotency_key_and_event_id_dedupe(ingest: Ingest):
 
 async def test_batch_is_one_request_with_per_event_results(ingest: Ingest):
     events = [_event(f"c-{i}", id=f"b-{i}") for i in range(3)] + [_event("c-0", id="b-0")]
+    counted = {"type": event_types.EVENT_RECEIVED}
+    before = REGISTRY.get_sample_value("stepmail_ingest_events_accepted_total", counted) or 0
     response = await ingest.post("/v1/events:batch", {"events": events})
+    after = REGISTRY.get_sample_value("stepmail_ingest_events_accepted_total", counted)
+    assert after == before + 3
     assert response.status_code == 202, response.text
     body = response.json()
     assert BatchAccepted.model_validate(body).model_dump() == body

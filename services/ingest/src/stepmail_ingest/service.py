@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -208,8 +209,8 @@ class EventIntake:
             results.append(Accepted(event_id, replayed=False))
         if outgoing:
             await self._producer.publish_many(outgoing)
-            for out in outgoing:
-                metrics.EVENTS_ACCEPTED.labels(out.event.type).inc()
+            for type_, count in Counter(out.event.type for out in outgoing).items():
+                metrics.EVENTS_ACCEPTED.labels(type_).inc(count)
         if fresh:
             await self._repo.remember(scope, list(fresh.values()))
         replays = sum(1 for r in results if r.replayed)
