@@ -6,11 +6,12 @@ import uuid
 from typing import Any
 
 import pytest
+from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
 from stepmail_ingest.app import create_app
-from stepmail_ingest.decoding import parse_valid
+from stepmail_ingest.decoding import HandReadRoute, parse_valid
 from stepmail_ingest.schemas import ContactIn, EventContactIn, EventIn
 from stepmail_ingest.service import contact_fields, random_ids
 from stepmail_ingest.settings import IngestSettings
@@ -111,3 +112,17 @@ def test_one_pass_parse_is_the_two_pass_parse(raw: bytes):
 )
 def test_one_pass_parse_leaves_anything_else_to_fastapis_rules(raw: bytes, content_type: str):
     assert parse_valid(EventIn, raw, content_type) is None
+
+
+def test_the_event_routes_skip_fastapis_request_machinery():
+    app = create_app(IngestSettings())
+    hand_read = {r.path for r in app.routes if isinstance(r, HandReadRoute)}
+    assert hand_read == {"/v1/events", "/v1/events:batch"}
+
+
+def test_a_hand_read_route_refuses_an_endpoint_with_parameters():
+    async def with_parameter(request: Request, key: str) -> Response:
+        return Response()
+
+    with pytest.raises(TypeError, match="only the Request"):
+        HandReadRoute("/x", with_parameter, methods=["POST"])

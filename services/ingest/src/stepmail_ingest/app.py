@@ -33,7 +33,14 @@ from stepmail_common.webapp import (
 from stepmail_ingest import metrics
 from stepmail_ingest.adapters import segment, shopify
 from stepmail_ingest.auth import ApiKeys, hash_api_key, new_api_key, unauthorized
-from stepmail_ingest.decoding import M, body_as, decode_body, openapi_extra, parse_valid
+from stepmail_ingest.decoding import (
+    M,
+    body_as,
+    decode_body,
+    openapi_extra,
+    parse_valid,
+    post_hand_read,
+)
 from stepmail_ingest.decoding import idempotency_key as decoded_idempotency_key
 from stepmail_ingest.errors import PayloadError, SignatureError
 from stepmail_ingest.limits import BodyLimit
@@ -309,7 +316,8 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
 
     # Events and contacts
 
-    @app.post(
+    @post_hand_read(
+        app,
         "/v1/events",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=EventAccepted,
@@ -329,7 +337,8 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
             {"Idempotent-Replayed": "true"} if accepted.replayed else None,
         )
 
-    @app.post(
+    @post_hand_read(
+        app,
         "/v1/events:batch",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=BatchAccepted,

@@ -6,16 +6,20 @@ the event itself. The event routes take the ``Request`` and call these, which ke
 FastAPI's rules and answers: the body is decoded first (a JSON error is a 422 before
 authentication), then the key is checked (401, 403, 429), then the header and the body
 are validated together, every wrong field named in one 422. Their OpenAPI description
-is given with the route (``openapi_extra``).
+is given with the route (``openapi_extra``), and ``HandReadRoute`` runs them without
+FastAPI's per-request machinery, which has nothing left to do for them.
 """
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Final, TypeVar
 
 import orjson
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
+from starlette.routing import request_response
 
 IDEMPOTENCY_HEADER = "idempotency-key"
 IDEMPOTENCY_DESCRIPTION = (
@@ -145,3 +149,40 @@ def openapi_extra(model: type[BaseModel]) -> dict[str, Any]:
             "required": True,
         },
     }
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class HandReadRoute(APIRoute):
+    """A route whose endpoint takes only the ``Request`` and returns its ``Response``,
+    run as Starlette runs an endpoint: FastAPI's per-request machinery (two exit stacks,
+    dependency solving, the response model) has nothing to do for it and is skipped.
+    Documented like any route, with ``openapi_extra``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        dependant = self.dependant
+        if (
+            dependant.dependencies
+            or dependant.path_params
+            or dependant.query_params
+            or dependant.header_params
+            or dependant.cookie_params
+            or dependant.body_params
+            or dependant.request_param_name is None
+        ):
+            raise TypeError(f"{path}: a hand-read endpoint takes only the Request")
+        self.app = request_response(endpoint)
+
+
+def post_hand_read(app: FastAPI, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+    """``@app.post(path, **kwargs)`` for an endpoint that reads its request by hand."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        app.router.add_api_route(
+            path, endpoint, methods=["POST"], route_class_override=HandReadRoute, **kwargs
+        )
+        return endpoint
+
+    return register
