@@ -3,6 +3,7 @@
 import inspect
 import json
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from fastapi.routing import APIRoute
 from stepmail_ingest.app import create_app
 from stepmail_ingest.decoding import HandReadRoute, parse_valid
 from stepmail_ingest.schemas import ContactIn, EventContactIn, EventIn
-from stepmail_ingest.service import contact_fields, random_ids
+from stepmail_ingest.service import contact_fields, customer_event, random_ids
 from stepmail_ingest.settings import IngestSettings
 
 
@@ -126,3 +127,14 @@ def test_a_hand_read_route_refuses_an_endpoint_with_parameters():
 
     with pytest.raises(TypeError, match="only the Request"):
         HandReadRoute("/x", with_parameter, methods=["POST"])
+
+
+def test_receipt_time_is_written_per_request_time():
+    event = EventIn.model_validate({"type": "t", "contact": {"id": "c"}})
+    first = datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC)
+    later = first + timedelta(microseconds=1)
+    assert customer_event(event, first, None).data["occurred_at"] == first.isoformat()
+    assert customer_event(event, later, None).data["occurred_at"] == later.isoformat()
+    tokyo = datetime(2026, 1, 2, 12, tzinfo=timezone(timedelta(hours=9)))
+    given = EventIn.model_validate({"type": "t", "contact": {"id": "c"}, "occurred_at": tokyo})
+    assert customer_event(given, first, None).data["occurred_at"] == "2026-01-02T12:00:00+09:00"
