@@ -4,6 +4,11 @@ Starts its own Postgres and broker (or uses ``DATABASE_URL`` / ``KAFKA_BOOTSTRAP
 ingest as its own process, and a load generator in another process: a small asyncio
 HTTP/1.1 keep-alive client (raw sockets, so the generator costs little CPU on 2 cores).
 Every request must be answered 202, i.e. acknowledged by the broker.
+
+Besides the rates it reports ingest's CPU seconds per 1,000 requests / events (user +
+system of the ingest process, from ``/proc``), so runs on a shared machine compare, and
+the load average. ``BENCH_INGEST_PROFILE=<dir>`` records a py-spy profile (speedscope) of
+ingest in each phase into that directory.
 """
 
 import json
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import backends
+from bench.stack import tree_cpu_seconds
 from stepmail_devstack.postgres import dsn_with_database, ensure_database
 from stepmail_devstack.processes import free_port
 from stepmail_devstack.services import ServiceProcess
@@ -100,6 +106,50 @@ def _load(
     return result
 
 
+def _spy(pid: int | None, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy on ingest for ``seconds`` when ``BENCH_INGEST_PROFILE`` names a directory."""
+    directory = os.environ.get("BENCH_INGEST_PROFILE")
+    if not directory or pid is None:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(  # noqa: S603 - py-spy from the virtualenv, our own argv
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--format",
+            "speedscope",
+            "--nonblocking",
+            "--output",
+            str(Path(directory) / out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _phase(
+    service: ServiceProcess,
+    name: str,
+    path: str,
+    body: bytes,
+    connections: int,
+    seconds: float,
+    workdir: Path,
+) -> dict[str, Any]:
+    """One load phase, with ingest's CPU seconds over it (and a profile when asked)."""
+    spy = _spy(service.pid, Path(f"ingest-{name}.json"), seconds)
+    cpu_before = tree_cpu_seconds(service.pid)
+    result = _load("127.0.0.1", service.port, path, body, connections, seconds, workdir)
+    result["cpu_seconds"] = tree_cpu_seconds(service.pid) - cpu_before
+    if spy is not None:
+        spy.wait(timeout=60)
+    return result
+
+
 def _event(i: int) -> dict[str, Any]:
     return {
         "type": "order.completed",
@@ -136,12 +186,13 @@ def main() -> dict[str, Any]:
         print("warming up ...", flush=True)
         _load("127.0.0.1", port, "/v1/events", json.dumps(_event(0)).encode(), 16, 2, workdir)
         print(f"single events, {seconds:.0f} s, 64 connections ...", flush=True)
-        single = _load(
-            "127.0.0.1", port, "/v1/events", json.dumps(_event(1)).encode(), 64, seconds, workdir
+        single = _phase(
+            service, "single", "/v1/events", json.dumps(_event(1)).encode(), 64, seconds, workdir
         )
         batch_body = json.dumps({"events": [_event(i) for i in range(1000)]}).encode()
         print(f"batches of 1,000, {seconds:.0f} s, 4 connections ...", flush=True)
-        batch = _load("127.0.0.1", port, "/v1/events:batch", batch_body, 4, seconds, workdir)
+        batch = _phase(service, "batch", "/v1/events:batch", batch_body, 4, seconds, workdir)
+        load_average = os.getloadavg()
 
     single_rps = single["ok"] / single["seconds"]
     batch_eps = batch["ok"] * 1000 / batch["seconds"]
@@ -154,6 +205,15 @@ def main() -> dict[str, Any]:
         "batch_requests_per_second": round(batch["ok"] / batch["seconds"], 1),
         "batch_p50_ms": round(batch["p50"] * 1000, 1),
         "batch_non_202": batch["other"],
+        "single_cpu_seconds_per_1000_requests": round(
+            single["cpu_seconds"] / max(single["ok"], 1) * 1000, 3
+        ),
+        "batch_cpu_seconds_per_1000_events": round(
+            batch["cpu_seconds"] / max(batch["ok"] * 1000, 1) * 1000, 3
+        ),
+        "ingest_cores_busy_single": round(single["cpu_seconds"] / single["seconds"], 2),
+        "ingest_cores_busy_batch": round(batch["cpu_seconds"] / batch["seconds"], 2),
+        "load_average_1_5_15": [round(x, 2) for x in load_average],
         "goal_single_requests_per_second": 2000,
         "goal_batch_events_per_second": 20000,
         "machine": f"{os.cpu_count()} cores shared by load generator, broker, Postgres, ingest",
@@ -168,4 +228,12 @@ def main() -> dict[str, Any]:
     )
     print(f"{'batch (1,000), events/s':32} {figures['batch_events_per_second']:>10} {20000:>10}")
     print(f"{'non-202 answers':32} {single['other'] + batch['other']:>10}")
+    per_request = figures["single_cpu_seconds_per_1000_requests"]
+    print(f"{'ingest CPU s / 1,000 requests':32} {per_request:>10}")
+    print(f"{'ingest CPU s / 1,000 events':32} {figures['batch_cpu_seconds_per_1000_events']:>10}")
+    print(
+        f"{'ingest cores busy single/batch':32}"
+        f" {figures['ingest_cores_busy_single']:>5}/{figures['ingest_cores_busy_batch']:<5}"
+    )
+    print(f"{'load average 1/5/15 min':32} {figures['load_average_1_5_15']}")
     return figures

@@ -1,11 +1,14 @@
 """Customer events, single and batched: durability, idempotency, all-or-nothing, errors."""
 
+import json
 import uuid
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from stepmail_common import event_types
+from stepmail_ingest.schemas import BatchAccepted, EventAccepted
 from tests.integration.ingest.conftest import Ingest
 
 pytestmark = pytest.mark.integration
@@ -26,6 +29,9 @@ async def test_event_is_published_as_a_cloudevent_keyed_by_contact(ingest: Inges
     )
     assert response.status_code == 202
     body = response.json()
+    assert response.headers["content-type"] == "application/json"
+    assert EventAccepted.model_validate(body).model_dump() == body
+    assert "Idempotent-Replayed" not in response.headers
     (event,) = await ingest.events(1)
     assert event.id == body["id"]
     assert event.type == event_types.EVENT_RECEIVED
@@ -53,9 +59,14 @@ async def test_idempotency_key_and_event_id_dedupe(ingest: Ingest):
 
 async def test_batch_is_one_request_with_per_event_results(ingest: Ingest):
     events = [_event(f"c-{i}", id=f"b-{i}") for i in range(3)] + [_event("c-0", id="b-0")]
+    counted = {"type": event_types.EVENT_RECEIVED}
+    before = REGISTRY.get_sample_value("stepmail_ingest_events_accepted_total", counted) or 0
     response = await ingest.post("/v1/events:batch", {"events": events})
+    after = REGISTRY.get_sample_value("stepmail_ingest_events_accepted_total", counted)
+    assert after == before + 3
     assert response.status_code == 202, response.text
     body = response.json()
+    assert BatchAccepted.model_validate(body).model_dump() == body
     assert (body["accepted"], body["replayed"]) == (3, 1)
     assert [r["replayed"] for r in body["results"]] == [False, False, False, True]
     assert body["results"][3]["id"] == body["results"][0]["id"]
@@ -133,3 +144,56 @@ async def test_rate_limit_answers_429_with_retry_after(ingest: Ingest):
     assert limited.status_code == 429
     assert int(limited.headers["Retry-After"]) >= 1
     assert limited.json()["type"] == "urn:stepmail:problem:rate-limited"
+
+
+async def _raw(ingest: Ingest, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    response = await ingest.client.post("/v1/events", content=body, headers=headers)
+    return response.status_code, response.json()
+
+
+def _fields(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["detail"]) for e in doc.get("errors", [])]
+
+
+async def test_event_routes_answer_in_fastapis_order(ingest: Ingest):
+    """The event routes read their request by hand; the answers are FastAPI's own:
+    the body is decoded before the key is checked, the key before fields are validated,
+    and the header's and the body's wrong fields come in one answer."""
+    json_type = {"Content-Type": "application/json"}
+    authed = {**ingest.auth(), **json_type}
+    valid = json.dumps(_event()).encode()
+
+    status, doc = await _raw(ingest, b'{"type": ', json_type)
+    assert (status, _fields(doc)) == (422, [("9", "JSON decode error")])
+    assert (await _raw(ingest, valid, json_type))[0] == 401
+    assert (await _raw(ingest, valid, {**json_type, "Authorization": "Basic abc"}))[0] == 401
+    assert (await _raw(ingest, b'{"type": "\xff"}', authed))[0] == 400
+
+    status, doc = await _raw(ingest, b"", authed)
+    assert (status, _fields(doc)) == (422, [("body", "Field required")])
+    status, doc = await _raw(ingest, valid, {**ingest.auth(), "Content-Type": "text/plain"})
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["body"]
+    assert (await _raw(ingest, valid, ingest.auth()))[0] == 422
+
+    bad = _event()
+    bad["contact"]["email"] = "not-an-address"
+    status, doc = await _raw(
+        ingest, json.dumps(bad).encode(), {**authed, "Idempotency-Key": "k" * 201}
+    )
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["header.idempotency-key", "contact.email"]
+    status, doc = await _raw(ingest, valid, {**authed, "Idempotency-Key": "k" * 201})
+    assert status == 422
+    assert [field for field, _ in _fields(doc)] == ["header.idempotency-key"]
+
+    cloud = await _raw(
+        ingest, valid, {**ingest.auth(), "Content-Type": "application/cloudevents+json"}
+    )
+    assert cloud[0] == 202
+    # Not strict JSON, but Python's parser takes it, as FastAPI's does.
+    assert (
+        await _raw(
+            ingest, b'{"type": "t", "contact": {"id": "c"}, "properties": {"ratio": NaN}}', authed
+        )
+    )[0] == 202

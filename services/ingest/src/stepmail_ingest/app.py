@@ -33,6 +33,15 @@ from stepmail_common.webapp import (
 from stepmail_ingest import metrics
 from stepmail_ingest.adapters import segment, shopify
 from stepmail_ingest.auth import ApiKeys, hash_api_key, new_api_key, unauthorized
+from stepmail_ingest.decoding import (
+    M,
+    body_as,
+    decode_body,
+    openapi_extra,
+    parse_valid,
+    post_hand_read,
+)
+from stepmail_ingest.decoding import idempotency_key as decoded_idempotency_key
 from stepmail_ingest.errors import PayloadError, SignatureError
 from stepmail_ingest.limits import BodyLimit
 from stepmail_ingest.openapi import install_openapi
@@ -159,6 +168,14 @@ def _results(accepted: Sequence[Accepted]) -> list[EventResult]:
     ]
 
 
+def _json(doc: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A 202 serialised as is: the hot routes build their documented shape (the route's
+    ``response_model``) themselves, which spares a model per event and its validation."""
+    return Response(
+        orjson.dumps(doc), status.HTTP_202_ACCEPTED, headers, media_type="application/json"
+    )
+
+
 def _key_out(row: ApiKeyRow) -> ApiKeyOut:
     return ApiKeyOut(
         id=row.id,
@@ -183,7 +200,9 @@ bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: B
 basic = HTTPBasic(auto_error=False, description="Segment: the write key as user name")
 
 
-def ingest_of(request: Request) -> Ingest:
+async def ingest_of(request: Request) -> Ingest:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in a worker thread, a
+    thread hand-off on every request."""
     ingest: Ingest = request.app.state.ingest
     return ingest
 
@@ -191,18 +210,45 @@ def ingest_of(request: Request) -> Ingest:
 Ctx = Annotated[Ingest, Depends(ingest_of)]
 
 
+async def _bearer_key(
+    ingest: Ingest, credentials: HTTPAuthorizationCredentials | None, scope: str
+) -> ApiKey:
+    if credentials is None:
+        raise unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
+    key = await ingest.keys.authenticate(credentials.credentials, scope)
+    ingest.admit(key.scope, key.rate_limit_per_second)
+    return key
+
+
 def api_key(scope: str) -> Callable[..., Awaitable[ApiKey]]:
     async def dependency(
         ingest: Ctx,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiKey:
-        if credentials is None:
-            raise unauthorized("Send the API key as 'Authorization: Bearer <key>'.")
-        key = await ingest.keys.authenticate(credentials.credentials, scope)
-        ingest.admit(key.scope, key.rate_limit_per_second)
-        return key
+        return await _bearer_key(ingest, credentials, scope)
 
     return dependency
+
+
+async def _events_request(request: Request, model: type[M]) -> tuple[Ingest, ApiKey, str | None, M]:
+    """The event routes' inputs, in FastAPI's order (see ``decoding``).
+
+    A valid body is parsed and validated in one pass; only an invalid one is decoded
+    and validated apart, to answer as FastAPI does.
+    """
+    raw = await request.body()
+    content_type = request.headers.get("content-type")
+    parsed = parse_valid(model, raw, content_type)
+    body = decode_body(raw, content_type) if parsed is None else parsed
+    ingest = await ingest_of(request)
+    key = await _bearer_key(ingest, await bearer(request), "events:write")
+    errors: list[dict[str, Any]] = []
+    idempotency_key = decoded_idempotency_key(request, errors)
+    if parsed is None:
+        parsed = body_as(model, body, errors)
+    elif errors:
+        raise RequestValidationError(errors)
+    return ingest, key, idempotency_key, parsed
 
 
 async def segment_key(
@@ -215,7 +261,6 @@ async def segment_key(
     return key
 
 
-EventsKey = Annotated[ApiKey, Depends(api_key("events:write"))]
 ContactsKey = Annotated[ApiKey, Depends(api_key("contacts:write"))]
 AdminKey = Annotated[ApiKey, Depends(api_key("admin"))]
 SegmentKey = Annotated[ApiKey, Depends(segment_key)]
@@ -267,48 +312,47 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
     )
     install_common(app, dependency_checks(app))
     app.add_middleware(BodyLimit, max_bytes=settings.ingest_max_body_bytes)
-    install_openapi(app)
+    install_openapi(app, [EventIn, EventBatchIn])
 
     # Events and contacts
 
-    @app.post(
+    @post_hand_read(
+        app,
         "/v1/events",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=EventAccepted,
         summary="Accept one customer event",
         tags=["events"],
         responses=WRITES,
+        openapi_extra=openapi_extra(EventIn),
     )
-    async def post_event(
-        event: EventIn,
-        ingest: Ctx,
-        response: Response,
-        key: EventsKey,
-        idempotency_key: IdempotencyKey = None,
-    ) -> EventAccepted:
+    async def post_event(request: Request) -> Response:
         """202 only after the broker acknowledged the event."""
+        ingest, key, idempotency_key, event = await _events_request(request, EventIn)
         dedupe = idempotency_key or (f"id:{event.id}" if event.id else None)
         item = customer_event(event, ingest.intake.now(), dedupe)
         (accepted,) = await ingest.intake.accept(key.scope, [item])
-        if accepted.replayed:
-            response.headers["Idempotent-Replayed"] = "true"
-        return EventAccepted(id=accepted.event_id, replayed=accepted.replayed)
+        return _json(
+            {"id": accepted.event_id, "status": "accepted", "replayed": accepted.replayed},
+            {"Idempotent-Replayed": "true"} if accepted.replayed else None,
+        )
 
-    @app.post(
+    @post_hand_read(
+        app,
         "/v1/events:batch",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=BatchAccepted,
         summary="Accept up to 1,000 customer events at once, all or nothing",
         tags=["events"],
         responses=WRITES,
+        openapi_extra=openapi_extra(EventBatchIn),
     )
-    async def post_events(
-        batch: EventBatchIn, ingest: Ctx, key: EventsKey, idempotency_key: IdempotencyKey = None
-    ) -> BatchAccepted:
+    async def post_events(request: Request) -> Response:
         """Every event is validated before any is published; one publish for all.
 
         With an Idempotency-Key, event *i* dedupes on ``<key>:<i>``; otherwise on its ``id``.
         """
+        ingest, key, idempotency_key, batch = await _events_request(request, EventBatchIn)
         if len(batch.events) > settings.ingest_max_batch:
             raise RequestValidationError(
                 [
@@ -332,8 +376,16 @@ def create_app(settings: IngestSettings, clock: Clock | None = None) -> FastAPI:
         ]
         accepted = await ingest.intake.accept(key.scope, items)
         replayed = sum(1 for a in accepted if a.replayed)
-        return BatchAccepted(
-            accepted=len(accepted) - replayed, replayed=replayed, results=_results(accepted)
+        return _json(
+            {
+                "status": "accepted",
+                "accepted": len(accepted) - replayed,
+                "replayed": replayed,
+                "results": [
+                    {"index": i, "id": a.event_id, "replayed": a.replayed}
+                    for i, a in enumerate(accepted)
+                ],
+            }
         )
 
     @app.post(

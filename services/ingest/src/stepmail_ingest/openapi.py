@@ -1,9 +1,13 @@
 """The OpenAPI document: every error is documented as RFC 9457 problem+json."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from stepmail_common.problems import PROBLEM_JSON
 from stepmail_ingest.schemas import ProblemDoc
@@ -21,8 +25,12 @@ _DESCRIPTIONS = {
 }
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Replace the generated error responses with problem documents."""
+def install_openapi(app: FastAPI, bodies: Sequence[type[BaseModel]] = ()) -> None:
+    """Replace the generated error responses with problem documents.
+
+    ``bodies`` are the request models of routes that read their body by hand (so FastAPI
+    does not see them): their schemas join the components the routes refer to.
+    """
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -35,6 +43,14 @@ def install_openapi(app: FastAPI) -> None:
             routes=app.routes,
         )
         components = doc.setdefault("components", {}).setdefault("schemas", {})
+        if bodies:
+            _, defs = models_json_schema(
+                [(model, "validation") for model in bodies],
+                ref_template="#/components/schemas/{model}",
+            )
+            # as get_openapi() writes its own: keys whose value is None left out
+            for name, schema in jsonable_encoder(defs["$defs"], exclude_none=True).items():
+                components.setdefault(name, schema)
         components["Problem"] = ProblemDoc.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )

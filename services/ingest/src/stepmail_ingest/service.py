@@ -1,8 +1,10 @@
 """Accepting events: idempotency, CloudEvents, one durable publish per request."""
 
+import functools
 import hashlib
-import uuid
-from collections.abc import Sequence
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,9 +20,22 @@ from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
 from stepmail_ingest import metrics
 from stepmail_ingest.repository import IngestRepository, Remember
-from stepmail_ingest.schemas import ConsentIn, ContactUpsertIn, EventIn
+from stepmail_ingest.schemas import ConsentIn, ContactIn, ContactUpsertIn, EventIn
 
 SOURCE = "urn:stepmail:ingest"
+
+
+def random_ids(count: int) -> Iterator[str]:
+    """``count`` random UUIDv4 strings (RFC 9562) from one read of the OS's random source.
+
+    ``str(uuid.uuid4())`` costs a system call and a ``UUID`` object per id, a tenth of a
+    batch request's time; the ids are the same kind.
+    """
+    raw = os.urandom(16 * count)
+    for start in range(0, 16 * count, 16):
+        h = raw[start : start + 16].hex()
+        # version 4 in the 13th hex digit, variant 10xx in the 17th
+        yield (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}")
 
 
 def fingerprint(body: object) -> bytes:
@@ -56,9 +71,9 @@ def customer_event(
 ) -> Pending:
     data: dict[str, Any] = {
         "name": event.type,
-        "contact": event.contact.model_dump(mode="json", exclude_none=True, exclude={"consent"}),
+        "contact": contact_fields(event.contact),
         "properties": event.properties,
-        "occurred_at": (event.occurred_at or now).isoformat(),
+        "occurred_at": event.occurred_at.isoformat() if event.occurred_at else _iso(now),
     }
     if event.contact.consent is not None:
         data["contact"]["consent"] = _consent(event.contact.consent, now)
@@ -66,6 +81,26 @@ def customer_event(
         data["idempotency_key"] = dedupe[:255]
     print_ = fingerprint(event.model_dump(mode="json")) if dedupe is not None else b""
     return Pending(event_types.EVENT_RECEIVED, event.contact.id, data, dedupe, print_, origin)
+
+
+# A request's receipt time is the same for each of its events: written out once.
+_iso = functools.lru_cache(maxsize=64)(datetime.isoformat)
+
+
+def contact_fields(contact: ContactIn) -> dict[str, Any]:
+    """``contact.model_dump(mode="json", exclude_none=True, exclude={"consent"})``,
+    written out: pydantic's dump with ``exclude`` costs a tenth of a batch request."""
+    fields: dict[str, Any] = {"id": contact.id}
+    if contact.email is not None:
+        fields["email"] = contact.email
+    if contact.name is not None:
+        fields["name"] = contact.name
+    if contact.locale is not None:
+        fields["locale"] = contact.locale
+    if contact.time_zone is not None:
+        fields["time_zone"] = contact.time_zone
+    fields["attributes"] = contact.attributes
+    return fields
 
 
 def _consent(consent: ConsentIn, now: datetime) -> dict[str, Any]:
@@ -146,9 +181,10 @@ class EventIntake:
         results: list[Accepted] = []
         outgoing: list[Outgoing] = []
         fresh: dict[str, Remember] = {}
+        ids = random_ids(len(items) - len(keyed))
         for item in items:
             if item.dedupe is None:
-                event_id = str(uuid.uuid4())
+                event_id = next(ids)
             else:
                 earlier = seen.get(item.dedupe)
                 if earlier is None and item.dedupe in fresh:
@@ -178,8 +214,8 @@ class EventIntake:
             results.append(Accepted(event_id, replayed=False))
         if outgoing:
             await self._producer.publish_many(outgoing)
-            for out in outgoing:
-                metrics.EVENTS_ACCEPTED.labels(out.event.type).inc()
+            for type_, count in Counter(out.event.type for out in outgoing).items():
+                metrics.EVENTS_ACCEPTED.labels(type_).inc(count)
         if fresh:
             await self._repo.remember(scope, list(fresh.values()))
         replays = sum(1 for r in results if r.replayed)
