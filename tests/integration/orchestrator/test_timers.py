@@ -663,3 +663,59 @@ async def test_a_batch_redelivered_with_an_event_twice_acts_once(env):
     await env.contact_events(event)
     assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]
     assert await env.pool.fetchval("SELECT count(*) FROM activity") == 2
+
+
+async def test_one_contacts_events_in_one_batch_take_effect_in_their_order(env):
+    await env.scenario(
+        {
+            "id": "cart",
+            "trigger": {"event": "checkout.started"},
+            "exit": [{"event": "order.completed", "same": ["checkout_token"], "conversion": True}],
+            "steps": [{"id": "reminder", "wait": "3h", "send": {"template": "cart-1"}}],
+        }
+    )
+
+    def event(contact_id: str, name: str, token: str, **contact: Any) -> CloudEvent:
+        data = {
+            "name": name,
+            "contact": {"id": contact_id, "email": f"{contact_id}@example.com", **contact},
+            "properties": {"checkout_token": token},
+            "occurred_at": START.isoformat(),
+        }
+        return CloudEvent(
+            type=event_types.EVENT_RECEIVED, source="urn:test", subject=contact_id, data=data
+        )
+
+    def consent(contact_id: str) -> CloudEvent:
+        data = {"contact": {"id": contact_id}, "consent": {**CONSENT, "kinds": ["marketing"]}}
+        return CloudEvent(
+            type=event_types.CONTACT_UPDATED, source="urn:test", subject=contact_id, data=data
+        )
+
+    def erased(contact_id: str) -> CloudEvent:
+        data = {"contact_id": contact_id, "requested_at": START.isoformat()}
+        return CloudEvent(
+            type=event_types.CONTACT_ERASED, source="urn:test", subject=contact_id, data=data
+        )
+
+    await env.contact_events(
+        consent("c-buys"),
+        event("c-waits", "checkout.started", "t-2", locale="en-US"),
+        event("c-buys", "checkout.started", "t-1"),
+        event("c-gone", "checkout.started", "t-3"),
+        consent("c-waits"),
+        event("c-buys", "order.completed", "t-1"),
+        erased("c-gone"),
+        event("c-buys", "checkout.started", "t-4"),  # "once": not enrolled again
+    )
+    buys = await env.enrollment("c-buys")
+    assert (buys["status"], buys["converted"]) == ("exited", True)
+    assert (await env.enrollment("c-waits"))["status"] == "active"
+    assert not await env.pool.fetchval("SELECT count(*) FROM contacts WHERE id = 'c-gone'")
+    locale, consent_kinds = await env.pool.fetchrow(
+        "SELECT locale, consent FROM contacts WHERE id = 'c-waits'"
+    )
+    assert locale == "en-US"
+    assert list(consent_kinds) == ["marketing"]
+    await env.run_until(START + timedelta(hours=4))
+    assert [(c, s) for c, s, _, _ in await env.mails()] == [("c-waits", "reminder")]

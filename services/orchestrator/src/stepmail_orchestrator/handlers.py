@@ -147,63 +147,67 @@ class ContactEventHandler(_BatchHandler):
         return event.type in _CONTACT_TYPES
 
     async def _apply(self, conn: Connection, items: Sequence[Consumed], now: datetime) -> None:
-        """Contact by contact in id order (each one's events in their order): the rows of
-        contacts are locked in one order by every transaction that locks several.
+        """In waves: the first event of each contact in the batch, then the second, and so
+        on, so that each wave's contacts are written in one statement and one contact's
+        events keep their order (the writes of a wave are flushed before the next reads).
 
-        The enrollments, mails and outbox rows of the whole batch are written together at
-        its end: nothing reads them back before, but a later event of the same contact.
+        The enrollments, mails and outbox rows of a wave are written together at its end.
         """
         catalogue = await repository.catalogue(conn)
         w = PendingWrites()
-        previous = None
-        for item in sorted(items, key=_contact_of):
-            contact_id = _contact_of(item)
-            if contact_id == previous and w.pending:
+        for wave in _waves(items):
+            if w.pending:
                 await w.flush(conn)
-            previous = contact_id
-            if item.event.type == event_types.EVENT_RECEIVED:
-                await self._received(conn, item, now, catalogue, w)
-            elif item.event.type == event_types.CONTACT_UPDATED:
-                await self._updated(conn, item.event, now)
-            else:
-                await self._erased(conn, item.event)
+            changes = [self._change(item, now) for item in wave if item.event.type != _ERASED]
+            contacts = (
+                await repository.upsert_contacts(
+                    conn,
+                    changes,
+                    self._settings.default_locale,
+                    self._settings.default_time_zone,
+                )
+                if changes
+                else {}
+            )
+            for item in wave:
+                if item.event.type == _ERASED:
+                    await self._erased(conn, item.event)
+                    continue
+                contact, has_active = contacts[_contact_of(item)]
+                consent = _consent_of(item.event)
+                if has_active and consent and consent["status"] == "withdrawn":
+                    # An opt-out is final: it ends the enrollments of that kind of mail.
+                    for kind in consent["kinds"]:
+                        await self._progress.exit_kind(conn, contact["id"], kind, now)
+                if item.event.type == event_types.EVENT_RECEIVED:
+                    await self._received(conn, item, contact, has_active, now, catalogue, w)
+                elif has_active:
+                    await self._progress.exit_left_audience(conn, contact, now)
         await w.flush(conn)
 
     def _committed(self) -> None:
         self._outbox_ready.set()
 
-    async def _contact(
-        self,
-        conn: Connection,
-        contact: dict[str, Any],
-        consent: dict[str, Any] | None,
-        now: datetime,
-        activity: tuple[str, dict[str, Any], datetime] | None = None,
-    ) -> dict[str, Any]:
-        """Create or update the contact, with its consent and the activity, in one round
-        trip; an opt-out ends the enrollments of that kind of mail."""
+    @staticmethod
+    def _change(item: Consumed, now: datetime) -> repository.ContactChange:
+        data = item.event.data
+        consent = _consent_of(item.event)
         record: dict[str, Any] | None = None
         if consent:
             proof = {k: consent[k] for k in ("status", "source", "at", "evidence") if k in consent}
             proof.setdefault("at", now.isoformat())
             record = dict.fromkeys(consent["kinds"], proof)
-        updated = await repository.upsert_contact(
-            conn,
-            contact,
-            self._settings.default_locale,
-            self._settings.default_time_zone,
-            consent=record,
-            activity=activity,
-        )
-        if consent and consent["status"] == "withdrawn":
-            for kind in consent["kinds"]:
-                await self._progress.exit_kind(conn, updated["id"], kind, now)
-        return updated
+        activity = None
+        if item.event.type == event_types.EVENT_RECEIVED:
+            activity = (data["name"], data["properties"], _moment(data.get("occurred_at"), now))
+        return repository.ContactChange(data["contact"], record, activity)
 
     async def _received(
         self,
         conn: Connection,
         item: Consumed,
+        contact: dict[str, Any],
+        has_active: bool,
         now: datetime,
         catalogue: repository.Catalogue,
         w: PendingWrites,
@@ -212,11 +216,7 @@ class ContactEventHandler(_BatchHandler):
         data = event.data
         name, properties = data["name"], data["properties"]
         occurred = _moment(data.get("occurred_at"), now)
-        # Consent may come with the event itself, e.g. the sign-up form's opt-in box.
-        contact = await self._contact(
-            conn, data["contact"], data["contact"].get("consent"), now, (name, properties, occurred)
-        )
-        if name in catalogue.exit_events:
+        if has_active and name in catalogue.exit_events:
             await self._progress.exit_on_event(conn, contact, name, properties, now)
         trigger = {
             "id": event.id,
@@ -250,19 +250,41 @@ class ContactEventHandler(_BatchHandler):
                     "contact enrolled", extra={"contact_id": contact["id"], "scenario": scenario.id}
                 )
 
-    async def _updated(self, conn: Connection, event: CloudEvent, now: datetime) -> None:
-        data = event.data
-        contact = await self._contact(conn, data["contact"], data.get("consent"), now)
-        await self._progress.exit_left_audience(conn, contact, now)
-
     async def _erased(self, conn: Connection, event: CloudEvent) -> None:
         await repository.erase_contact(conn, event.data["contact_id"])
         log.info("contact erased", extra={"contact_id": event.data["contact_id"]})
 
 
+_ERASED = event_types.CONTACT_ERASED
+
+
+def _consent_of(event: CloudEvent) -> dict[str, Any] | None:
+    """Consent given with the event: a contact update's, or the trigger's own (e.g. the
+    sign-up form's opt-in box)."""
+    if event.type == event_types.CONTACT_UPDATED:
+        consent: dict[str, Any] | None = event.data.get("consent")
+    else:
+        consent = event.data["contact"].get("consent")
+    return consent or None
+
+
+def _waves(items: Sequence[Consumed]) -> list[list[Consumed]]:
+    """The n-th wave holds the n-th event of each contact, contacts in id order."""
+    waves: list[list[Consumed]] = []
+    seen: dict[str, int] = {}
+    for item in items:
+        contact_id = _contact_of(item)
+        n = seen.get(contact_id, 0)
+        seen[contact_id] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(item)
+    return [sorted(wave, key=_contact_of) for wave in waves]
+
+
 def _contact_of(item: Consumed) -> str:
     data = item.event.data
-    erased = item.event.type == event_types.CONTACT_ERASED
+    erased = item.event.type == _ERASED
     contact_id: str = data["contact_id"] if erased else data["contact"]["id"]
     return contact_id
 

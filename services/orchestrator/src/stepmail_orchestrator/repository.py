@@ -189,59 +189,74 @@ async def mark_processed(conn: Connection, consumer: str, event_ids: Sequence[st
     return {r["event_id"] for r in rows}
 
 
-async def upsert_contact(
-    conn: Connection,
-    contact: dict[str, Any],
-    locale: str,
-    time_zone: str,
-    *,
-    consent: dict[str, Any] | None = None,
-    activity: tuple[str, dict[str, Any], datetime] | None = None,
-) -> dict[str, Any]:
-    """Create the contact or merge what the event says into its profile; returns it.
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """What one event says of a contact: its profile, consent per mail kind (merged into
+    the recorded one) and, for a trigger, the activity (name, properties, when)."""
 
-    In the same statement: ``consent`` (per mail kind) merged into the contact's, and
-    ``activity`` (name, properties, when) recorded, so a trigger costs one round trip here.
+    contact: dict[str, Any]
+    consent: dict[str, Any] | None = None
+    activity: tuple[str, dict[str, Any], datetime] | None = None
+
+
+async def upsert_contacts(
+    conn: Connection, changes: Sequence[ContactChange], locale: str, time_zone: str
+) -> dict[str, tuple[dict[str, Any], bool]]:
+    """Create each contact or merge what its event says into its profile, record the
+    activities, in one statement (one change per contact); returns by contact id each
+    contact and whether it has an active enrollment (only then can an event end one).
+
+    Rows are locked in id order, the order every statement that locks several takes.
     """
-    name, properties, at = activity if activity is not None else (None, None, None)
-    row = await conn.fetchrow(
+    rows = await conn.fetch(
         f"""
-        WITH c AS (
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::text[],
+                                 $10::jsonb[])
+                AS v(id, email, name, locale, time_zone, attributes, consent, at, activity,
+                     properties)
+        ), c AS (
             INSERT INTO contacts
                 (id, email, name, locale, time_zone, attributes, consent, last_activity_at)
-            VALUES ($1, $2, $3, COALESCE($4, $7), COALESCE($5, $8),
-                    COALESCE($6, '{{}}'::jsonb), COALESCE($9, '{{}}'::jsonb), $10)
+            SELECT v.id, v.email, v.name, COALESCE(v.locale, old.locale, $11),
+                   COALESCE(v.time_zone, old.time_zone, $12), COALESCE(v.attributes, '{{}}'),
+                   COALESCE(v.consent, '{{}}'), v.at
+            FROM v LEFT JOIN contacts old ON old.id = v.id
+            ORDER BY v.id
             ON CONFLICT (id) DO UPDATE SET
                 email = COALESCE(EXCLUDED.email, contacts.email),
-                name = COALESCE($3, contacts.name),
-                locale = COALESCE($4, contacts.locale),
-                time_zone = COALESCE($5, contacts.time_zone),
-                attributes = contacts.attributes || COALESCE($6, '{{}}'::jsonb),
-                consent = contacts.consent || COALESCE($9, '{{}}'::jsonb),
-                last_activity_at = GREATEST(contacts.last_activity_at, $10),
+                name = COALESCE(EXCLUDED.name, contacts.name),
+                locale = EXCLUDED.locale,
+                time_zone = EXCLUDED.time_zone,
+                attributes = contacts.attributes || EXCLUDED.attributes,
+                consent = contacts.consent || EXCLUDED.consent,
+                last_activity_at = GREATEST(contacts.last_activity_at, EXCLUDED.last_activity_at),
                 updated_at = now()
             RETURNING {_CONTACT_COLUMNS}
         ), a AS (
             INSERT INTO activity (contact_id, name, properties, occurred_at)
-            SELECT id, $11, $12, $10 FROM c WHERE $11::text IS NOT NULL
+            SELECT v.id, v.activity, v.properties, v.at FROM v WHERE v.activity IS NOT NULL
         )
-        SELECT {_CONTACT_COLUMNS} FROM c
+        SELECT {_CONTACT_COLUMNS}, EXISTS (
+            SELECT 1 FROM enrollments e WHERE e.contact_id = c.id AND e.status = 'active'
+        ) AS has_active
+        FROM c
         """,  # noqa: S608 - column list is a constant
-        contact["id"],
-        contact.get("email"),
-        contact.get("name"),
-        contact.get("locale"),
-        contact.get("time_zone"),
-        contact.get("attributes"),
+        [c.contact["id"] for c in changes],
+        [c.contact.get("email") for c in changes],
+        [c.contact.get("name") for c in changes],
+        [c.contact.get("locale") for c in changes],
+        [c.contact.get("time_zone") for c in changes],
+        [c.contact.get("attributes") for c in changes],
+        [c.consent for c in changes],
+        [c.activity[2] if c.activity else None for c in changes],
+        [c.activity[0] if c.activity else None for c in changes],
+        [c.activity[1] if c.activity else None for c in changes],
         locale,
         time_zone,
-        consent,
-        at,
-        name,
-        properties,
     )
-    assert row is not None
-    return contact_dict(row)
+    return {r["id"]: (contact_dict(r), r["has_active"]) for r in rows}
 
 
 async def set_consent(
