@@ -719,3 +719,29 @@ async def test_one_contacts_events_in_one_batch_take_effect_in_their_order(env):
     assert list(consent_kinds) == ["marketing"]
     await env.run_until(START + timedelta(hours=4))
     assert [(c, s) for c, s, _, _ in await env.mails()] == [("c-waits", "reminder")]
+
+
+async def test_a_scenario_entered_and_triggered_by_one_event_enrolls_once(env):
+    for scenario_id, steps in (
+        ("a-first", [{"id": "go", "enter": {"scenario": "b-second"}}]),
+        ("b-second", [{"id": "one", "send": {"template": "b"}}]),
+    ):
+        await env.scenario(
+            {
+                "id": scenario_id,
+                "mail_kind": "transactional",
+                "trigger": {"event": "signup"},
+                "steps": steps,
+            }
+        )
+    await env.contact_events(_signup("c-1"), _signup("c-2"))
+    rows = await env.pool.fetch(
+        "SELECT contact_id, scenario_id FROM enrollments ORDER BY contact_id, scenario_id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("c-1", "a-first"),
+        ("c-1", "b-second"),
+        ("c-2", "a-first"),
+        ("c-2", "b-second"),
+    ]
+    assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]

@@ -26,6 +26,7 @@ from stepmail_orchestrator import metrics, repository
 from stepmail_orchestrator.conditions import matches
 from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.repository import PendingWrites
+from stepmail_orchestrator.scenarios import Scenario
 from stepmail_orchestrator.settings import OrchestratorSettings
 
 if TYPE_CHECKING:
@@ -169,20 +170,27 @@ class ContactEventHandler(_BatchHandler):
                 if changes
                 else {}
             )
+            triggers = []
             for item in wave:
                 if item.event.type == _ERASED:
                     await self._erased(conn, item.event)
                     continue
                 contact, has_active = contacts[_contact_of(item)]
-                consent = _consent_of(item.event)
-                if has_active and consent and consent["status"] == "withdrawn":
-                    # An opt-out is final: it ends the enrollments of that kind of mail.
-                    for kind in consent["kinds"]:
-                        await self._progress.exit_kind(conn, contact["id"], kind, now)
+                if has_active:
+                    await self._exits(conn, item.event, contact, now, catalogue)
                 if item.event.type == event_types.EVENT_RECEIVED:
-                    await self._received(conn, item, contact, has_active, now, catalogue, w)
-                elif has_active:
-                    await self._progress.exit_left_audience(conn, contact, now)
+                    triggers.append((item, contact))
+            # The wave's enrollment decisions: their locks and reads in one round trip,
+            # after the exits, which the reads must see.
+            candidates = [
+                (scenario.id, contact["id"])
+                for item, contact in triggers
+                for scenario, _ in catalogue.active
+                if _may_trigger(scenario, item.event, contact)
+            ]
+            w.locked = await repository.lock_entries(conn, candidates) if candidates else {}
+            for item, contact in triggers:
+                await self._received(conn, item, contact, now, catalogue, w)
         await w.flush(conn)
 
     def _committed(self) -> None:
@@ -202,12 +210,30 @@ class ContactEventHandler(_BatchHandler):
             activity = (data["name"], data["properties"], _moment(data.get("occurred_at"), now))
         return repository.ContactChange(data["contact"], record, activity)
 
+    async def _exits(
+        self,
+        conn: Connection,
+        event: CloudEvent,
+        contact: dict[str, Any],
+        now: datetime,
+        catalogue: repository.Catalogue,
+    ) -> None:
+        """End the running enrollments the event ends: an opt-out (final, for that kind of
+        mail), an exit rule, a contact that left the audience."""
+        consent = _consent_of(event)
+        if consent and consent["status"] == "withdrawn":
+            for kind in consent["kinds"]:
+                await self._progress.exit_kind(conn, contact["id"], kind, now)
+        if event.type == event_types.CONTACT_UPDATED:
+            await self._progress.exit_left_audience(conn, contact, now)
+        elif (name := event.data["name"]) in catalogue.exit_events:
+            await self._progress.exit_on_event(conn, contact, name, event.data["properties"], now)
+
     async def _received(
         self,
         conn: Connection,
         item: Consumed,
         contact: dict[str, Any],
-        has_active: bool,
         now: datetime,
         catalogue: repository.Catalogue,
         w: PendingWrites,
@@ -216,8 +242,6 @@ class ContactEventHandler(_BatchHandler):
         data = event.data
         name, properties = data["name"], data["properties"]
         occurred = _moment(data.get("occurred_at"), now)
-        if has_active and name in catalogue.exit_events:
-            await self._progress.exit_on_event(conn, contact, name, properties, now)
         trigger = {
             "id": event.id,
             "name": name,
@@ -226,12 +250,9 @@ class ContactEventHandler(_BatchHandler):
             "trace": item.trace or {},
         }
         for scenario, version in catalogue.active:
+            if not _may_trigger(scenario, event, contact):
+                continue
             rule = scenario.trigger
-            if rule.event != name:
-                continue
-            facts = {"properties": properties, "contact": contact}
-            if not matches(rule.where, facts):
-                continue
             if rule.count_at_least is not None and rule.count_within is not None:
                 recent = await repository.recent_activity(
                     conn, contact["id"], name, now - rule.count_within
@@ -256,6 +277,14 @@ class ContactEventHandler(_BatchHandler):
 
 
 _ERASED = event_types.CONTACT_ERASED
+
+
+def _may_trigger(scenario: Scenario, event: CloudEvent, contact: dict[str, Any]) -> bool:
+    """Whether the trigger event matches the scenario's trigger (counts aside)."""
+    rule = scenario.trigger
+    return rule.event == event.data["name"] and matches(
+        rule.where, {"properties": event.data["properties"], "contact": contact}
+    )
 
 
 def _consent_of(event: CloudEvent) -> dict[str, Any] | None:

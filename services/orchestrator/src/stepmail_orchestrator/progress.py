@@ -76,9 +76,12 @@ class Progress:
         if not matches(scenario.audience, context(contact, trigger)):
             return False
         w = writes if writes is not None else PendingWrites()
-        if (scenario.id, contact_id) in w.entries:
-            await w.flush(conn)  # the lock's read must see the enrollment made just before
-        entry = await repository.lock_entry(conn, scenario.id, contact_id)
+        pair = (scenario.id, contact_id)
+        entry = w.locked.pop(pair, None)
+        if entry is None:
+            if pair in w.entries:
+                await w.flush(conn)  # the lock's read must see the enrollment made before
+            entry = await repository.lock_entry(conn, scenario.id, contact_id)
         if entry.last_created_at is not None:
             if scenario.entry_rule == "once":
                 return False

@@ -351,6 +351,25 @@ async def lock_entry(conn: Connection, scenario_id: str, contact_id: str) -> Ent
     return Entry(row["last_created_at"], row["last_ended_at"], row["has_active"])
 
 
+async def lock_entries(
+    conn: Connection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Entry]:
+    """``lock_entry`` for many (scenario, contact) pairs in one round trip, locked in
+    sorted order."""
+    ordered = sorted(set(pairs))
+    rows = await conn.fetch(
+        "SELECT * FROM enrollment_entries($1::text[], $2::text[])",
+        [s for s, _ in ordered],
+        [c for _, c in ordered],
+    )
+    return {
+        (r["entry_scenario_id"], r["entry_contact_id"]): Entry(
+            r["last_created_at"], r["last_ended_at"], r["has_active"]
+        )
+        for r in rows
+    }
+
+
 def new_enrollment(
     scenario: Scenario,
     version: int,
@@ -412,6 +431,9 @@ class PendingWrites:
     enrollments: list[tuple[Any, ...]] = field(default_factory=list)
     entries: set[tuple[str, str]] = field(default_factory=set)
     """(scenario, contact) of the enrollments not written yet."""
+    locked: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    """Entries read under their lock ahead of the enrollment decisions (``lock_entries``);
+    each is used once, and dropped when an enrollment of its pair is made."""
     outbox: list[OutboxEvent] = field(default_factory=list)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     schedules: list[tuple[Any, ...]] = field(default_factory=list)
@@ -443,6 +465,7 @@ class PendingWrites:
             )
         )
         self.entries.add((e.scenario_id, e.contact_id))
+        self.locked.pop((e.scenario_id, e.contact_id), None)
 
     def schedule(self, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime) -> None:
         self.schedules.append((enrollment_id, step_index, next_due_at))
