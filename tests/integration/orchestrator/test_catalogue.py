@@ -18,11 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stepmail_common import event_types
 from stepmail_common.clock import ManualClock
 from stepmail_common.events import CloudEvent
-from stepmail_common.kafka import EventProducer, ensure_topics
+from stepmail_common.kafka import DLQ_REASON, EventProducer, ensure_topics
 from stepmail_common.topics import Topics
 from stepmail_orchestrator.app import create_app
 from stepmail_orchestrator.engine import in_holdout
 from stepmail_orchestrator.settings import OrchestratorSettings
+from tests.integration.kafka_reader import read_records
 
 pytestmark = pytest.mark.integration
 
@@ -397,3 +398,31 @@ async def test_reengagement_of_dormant_contacts(platform):
         ("miss-you", start),
         ("stay-subscribed", _at(start, days=10)),
     ]
+
+
+async def test_a_poison_trigger_is_dead_lettered_alone_and_the_others_enroll_once(platform):
+    # Postgres refuses a NUL character in jsonb: this event can never be stored.
+    poison = CloudEvent(
+        type=event_types.EVENT_RECEIVED,
+        source="urn:test",
+        subject="poisoned",
+        data={
+            "name": "order.completed",
+            "contact": {"id": "poisoned", "email": "poisoned@example.com", "consent": CONSENT},
+            "properties": {"order_id": "\x00"},
+            "occurred_at": platform.clock.now().isoformat(),
+        },
+    )
+    await platform.send("before-poison", "order.completed", {"order_id": "1"})
+    await platform.producer.publish(platform.topics.contact_events, poison, "poisoned")
+    await platform.send("after-poison", "order.completed", {"order_id": "2"})
+    await platform.settle()
+    dead = await read_records(
+        platform.bootstrap, Topics.dlq(platform.topics.contact_events), 1, within=20
+    )
+    assert [CloudEvent.from_json(r.value).id for r in dead] == [poison.id]
+    reason = dict(dead[0].headers)[DLQ_REASON].decode()
+    assert reason.startswith("UntranslatableCharacterError")
+    for contact_id in ("before-poison", "after-poison"):
+        assert [s for s, *_ in await platform.mails(contact_id)] == ["purchase-followup"]
+    assert not await platform.pool.fetchval("SELECT count(*) FROM contacts WHERE id = 'poisoned'")

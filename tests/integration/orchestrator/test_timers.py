@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -17,7 +18,7 @@ from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.engine import ContactRules, parse_window
-from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
+from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler, consumed
 from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.scanner import TriggerScanner
 from stepmail_orchestrator.scenarios import parse_scenario
@@ -37,11 +38,18 @@ class Env:
     def __init__(self, pool, settings, clock, rules=None):
         self.pool, self.clock = pool, clock
         self.progress = Progress(Topics(), rules or ContactRules())
-        self.contact_events = ContactEventHandler(
+        self.contact_handler = ContactEventHandler(
             pool, settings, clock, self.progress, asyncio.Event()
         )
-        self.feedback = FeedbackHandler(pool, clock, self.progress)
+        self.feedback_handler = FeedbackHandler(pool, clock, self.progress)
         self.timer = TimerLoop(pool, self.progress, clock, asyncio.Event(), interval=0.1, batch=100)
+
+    async def contact_events(self, *events: CloudEvent) -> None:
+        """Handle ``events`` as one consumed batch; none may fail."""
+        assert await self.contact_handler([consumed(e) for e in events]) == {}
+
+    async def feedback(self, *events: CloudEvent) -> None:
+        assert await self.feedback_handler([consumed(e) for e in events]) == {}
 
     async def scenario(self, doc: dict[str, Any]) -> None:
         async with self.pool.acquire() as conn:
@@ -564,7 +572,7 @@ async def test_relay_publishes_outbox_rows_once_with_contact_keys(env, kafka_boo
     topics = Topics(f"it{uuid.uuid4().hex[:8]}.")
     await ensure_topics(kafka_bootstrap, [topics.steps_due], 2)
     env.progress = Progress(topics, ContactRules())
-    env.contact_events = ContactEventHandler(
+    env.contact_handler = ContactEventHandler(
         env.pool, OrchestratorSettings(), env.clock, env.progress, asyncio.Event()
     )
     await env.scenario(
@@ -598,3 +606,142 @@ async def test_relay_publishes_outbox_rows_once_with_contact_keys(env, kafka_boo
     events = [CloudEvent.from_json(r.value) for r in records]
     assert all(r.key.decode() == e.subject for r, e in zip(records, events, strict=True))
     assert {e.type for e in events} == {event_types.STEP_DUE}
+
+
+def _signup(contact_id: str, properties: dict[str, Any] | None = None) -> CloudEvent:
+    return CloudEvent(
+        type=event_types.EVENT_RECEIVED,
+        source="urn:test",
+        subject=contact_id,
+        data={
+            "name": "signup",
+            "contact": {"id": contact_id, "email": f"{contact_id}@example.com"},
+            "properties": properties or {},
+            "occurred_at": START.isoformat(),
+        },
+    )
+
+
+async def test_a_poison_event_fails_alone_and_the_rest_of_its_batch_takes_effect_once(env):
+    await env.scenario(
+        {
+            "id": "w",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "one", "send": {"template": "w"}}],
+        }
+    )
+    # Postgres refuses a NUL character in jsonb: this event can never be stored.
+    poison = _signup("c-poison", {"note": "\x00"})
+    ignored = CloudEvent(type="stepmail.other", source="urn:test", subject="c-x", data={})
+    batch = [_signup("c-1"), poison, ignored, _signup("c-2"), _signup("c-1", {"again": True})]
+    failures = await env.contact_handler([consumed(e) for e in batch])
+    assert list(failures) == [1]
+    assert isinstance(failures[1], asyncpg.UntranslatableCharacterError)
+    # Redelivered (the offsets were not committed before a crash): no second effect.
+    assert list(await env.contact_handler([consumed(e) for e in batch])) == [1]
+    assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]
+    processed = {
+        r["event_id"] for r in await env.pool.fetch("SELECT event_id FROM processed_events")
+    }
+    assert processed == {batch[0].id, batch[3].id, batch[4].id}
+    assert await env.pool.fetchval("SELECT count(*) FROM activity") == 3
+    assert not await env.pool.fetchval("SELECT count(*) FROM contacts WHERE id = 'c-poison'")
+
+
+async def test_a_batch_redelivered_with_an_event_twice_acts_once(env):
+    await env.scenario(
+        {
+            "id": "w",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "one", "send": {"template": "w"}}],
+        }
+    )
+    event = _signup("c-1")
+    await env.contact_events(event, event, _signup("c-2"))
+    await env.contact_events(event)
+    assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]
+    assert await env.pool.fetchval("SELECT count(*) FROM activity") == 2
+
+
+async def test_one_contacts_events_in_one_batch_take_effect_in_their_order(env):
+    await env.scenario(
+        {
+            "id": "cart",
+            "trigger": {"event": "checkout.started"},
+            "exit": [{"event": "order.completed", "same": ["checkout_token"], "conversion": True}],
+            "steps": [{"id": "reminder", "wait": "3h", "send": {"template": "cart-1"}}],
+        }
+    )
+
+    def event(contact_id: str, name: str, token: str, **contact: Any) -> CloudEvent:
+        data = {
+            "name": name,
+            "contact": {"id": contact_id, "email": f"{contact_id}@example.com", **contact},
+            "properties": {"checkout_token": token},
+            "occurred_at": START.isoformat(),
+        }
+        return CloudEvent(
+            type=event_types.EVENT_RECEIVED, source="urn:test", subject=contact_id, data=data
+        )
+
+    def consent(contact_id: str) -> CloudEvent:
+        data = {"contact": {"id": contact_id}, "consent": {**CONSENT, "kinds": ["marketing"]}}
+        return CloudEvent(
+            type=event_types.CONTACT_UPDATED, source="urn:test", subject=contact_id, data=data
+        )
+
+    def erased(contact_id: str) -> CloudEvent:
+        data = {"contact_id": contact_id, "requested_at": START.isoformat()}
+        return CloudEvent(
+            type=event_types.CONTACT_ERASED, source="urn:test", subject=contact_id, data=data
+        )
+
+    await env.contact_events(
+        consent("c-buys"),
+        event("c-waits", "checkout.started", "t-2", locale="en-US"),
+        event("c-buys", "checkout.started", "t-1"),
+        event("c-gone", "checkout.started", "t-3"),
+        consent("c-waits"),
+        event("c-buys", "order.completed", "t-1"),
+        erased("c-gone"),
+        event("c-buys", "checkout.started", "t-4"),  # "once": not enrolled again
+    )
+    buys = await env.enrollment("c-buys")
+    assert (buys["status"], buys["converted"]) == ("exited", True)
+    assert (await env.enrollment("c-waits"))["status"] == "active"
+    assert not await env.pool.fetchval("SELECT count(*) FROM contacts WHERE id = 'c-gone'")
+    locale, consent_kinds = await env.pool.fetchrow(
+        "SELECT locale, consent FROM contacts WHERE id = 'c-waits'"
+    )
+    assert locale == "en-US"
+    assert list(consent_kinds) == ["marketing"]
+    await env.run_until(START + timedelta(hours=4))
+    assert [(c, s) for c, s, _, _ in await env.mails()] == [("c-waits", "reminder")]
+
+
+async def test_a_scenario_entered_and_triggered_by_one_event_enrolls_once(env):
+    for scenario_id, steps in (
+        ("a-first", [{"id": "go", "enter": {"scenario": "b-second"}}]),
+        ("b-second", [{"id": "one", "send": {"template": "b"}}]),
+    ):
+        await env.scenario(
+            {
+                "id": scenario_id,
+                "mail_kind": "transactional",
+                "trigger": {"event": "signup"},
+                "steps": steps,
+            }
+        )
+    await env.contact_events(_signup("c-1"), _signup("c-2"))
+    rows = await env.pool.fetch(
+        "SELECT contact_id, scenario_id FROM enrollments ORDER BY contact_id, scenario_id"
+    )
+    assert [tuple(r) for r in rows] == [
+        ("c-1", "a-first"),
+        ("c-1", "b-second"),
+        ("c-2", "a-first"),
+        ("c-2", "b-second"),
+    ]
+    assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]

@@ -12,7 +12,7 @@ from fastapi import Body, Depends, FastAPI, Request, Response
 from pydantic import BaseModel, Field
 
 from stepmail_common.clock import Clock, SystemClock
-from stepmail_common.kafka import EventConsumer
+from stepmail_common.kafka import BatchConsumer
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.problems import Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
@@ -27,7 +27,12 @@ from stepmail_common.webapp import (
 )
 from stepmail_orchestrator import repository
 from stepmail_orchestrator.engine import ContactRules, parse_window
-from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler
+from stepmail_orchestrator.handlers import (
+    Consumed,
+    ContactEventHandler,
+    FeedbackHandler,
+    consumed,
+)
 from stepmail_orchestrator.notifier import Notifier
 from stepmail_orchestrator.progress import Progress
 from stepmail_orchestrator.scanner import TriggerScanner
@@ -142,23 +147,40 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
             if settings.orchestrator_notify_enabled:
                 notifier = Notifier(pool, clock, settings.orchestrator_webhook_secret, interval=5.0)
                 await start_background(stack, notifier, "notifier")
-            contact_events = EventConsumer(
+            contact_events: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topics=[topics.contact_events],
+                topic=topics.contact_events,
                 group_id=settings.consumer_group("orchestrator"),
+                prepare=consumed,
                 handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
             )
-            feedback = EventConsumer(
+            # One consumer per topic (a batch consumer reads one); delivery events keep the
+            # group both topics shared, engagement events have their own.
+            feedback = FeedbackHandler(pool, clock, progress)
+            delivery_events: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topics=[topics.delivery_events, topics.engagement_events],
+                topic=topics.delivery_events,
                 group_id=settings.consumer_group("orchestrator-feedback"),
-                handler=FeedbackHandler(pool, clock, progress),
+                prepare=consumed,
+                handler=feedback,
+                producer=producer,
+            )
+            engagement_events: BatchConsumer[Consumed] = BatchConsumer(
+                bootstrap=settings.kafka_bootstrap_servers,
+                topic=topics.engagement_events,
+                group_id=settings.consumer_group("orchestrator-engagement"),
+                prepare=consumed,
+                handler=feedback,
                 producer=producer,
             )
             await start_together(
                 stack,
-                [(contact_events, "contact-events-consumer"), (feedback, "feedback-consumer")],
+                [
+                    (contact_events, "contact-events-consumer"),
+                    (delivery_events, "delivery-events-consumer"),
+                    (engagement_events, "engagement-events-consumer"),
+                ],
             )
             app.state.pool = pool
             app.state.producer = producer

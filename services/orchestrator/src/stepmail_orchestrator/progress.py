@@ -75,39 +75,39 @@ class Progress:
         contact_id = contact["id"]
         if not matches(scenario.audience, context(contact, trigger)):
             return False
-        await repository.lock_entry(conn, scenario.id, contact_id)
-        last = await repository.last_enrollment(conn, scenario.id, contact_id)
-        if last is not None:
+        w = writes if writes is not None else PendingWrites()
+        pair = (scenario.id, contact_id)
+        entry = w.locked.pop(pair, None)
+        if entry is None:
+            if pair in w.entries:
+                await w.flush(conn)  # the lock's read must see the enrollment made before
+            entry = await repository.lock_entry(conn, scenario.id, contact_id)
+        if entry.last_created_at is not None:
             if scenario.entry_rule == "once":
                 return False
             if scenario.entry_rule == "again_after":
-                if await repository.has_active(conn, scenario.id, contact_id):
+                if entry.has_active:
                     return False
                 assert scenario.cooloff is not None
-                if (last["ended_at"] or last["created_at"]) + scenario.cooloff > now:
+                if (entry.last_ended_at or entry.last_created_at) + scenario.cooloff > now:
                     return False
         held_out = engine.in_holdout(scenario.holdout_percent, scenario.id, contact_id)
         status = "held_out" if held_out else "active"
-        enrollment_id = await repository.create_enrollment(
-            conn, scenario.id, version, contact_id, trigger, status, now
-        )
+        enrollment = repository.new_enrollment(scenario, version, contact_id, trigger, status, now)
+        w.enroll(enrollment)
         metrics.ENROLLED.labels(scenario.id, status).inc()
-        if held_out:
-            return True
-        enrollment = await repository.get_enrollment(conn, enrollment_id)
-        assert enrollment is not None
-        w = writes or PendingWrites()
-        await self.run(
-            conn,
-            w,
-            enrollment,
-            scenario,
-            contact,
-            now,
-            base=base or now,
-            act_first=False,
-            responding=responding,
-        )
+        if not held_out:
+            await self.run(
+                conn,
+                w,
+                enrollment,
+                scenario,
+                contact,
+                now,
+                base=base or now,
+                act_first=False,
+                responding=responding,
+            )
         if writes is None:
             await w.flush(conn)
         return True

@@ -69,13 +69,49 @@ _ENROLLMENT_FROM = (
 
 # Parsed scenario versions, by content digest: a version's content never changes.
 _PARSED: dict[tuple[str, int, str], Scenario] = {}
+_DIGESTS: dict[tuple[str, int], str] = {}
 
 
 def _parsed(scenario_id: str, version: int, digest: str, definition: dict[str, Any]) -> Scenario:
     key = (scenario_id, version, digest)
     if key not in _PARSED:
         _PARSED[key] = parse_scenario(definition, f"{scenario_id} v{version}")
+        _DIGESTS[key[:2]] = digest
     return _PARSED[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """What a batch of contact events is matched against, read once per batch."""
+
+    active: list[tuple[Scenario, int]]
+    """The latest version of every active scenario."""
+    exit_events: frozenset[str]
+    """The events that some version of some scenario exits on: only those can end a
+    running enrollment (of any version or status), so only they are looked up for."""
+
+
+async def catalogue(conn: Connection) -> Catalogue:
+    rows = await conn.fetch(
+        "SELECT s.id, s.version, s.digest, st.status = 'active'"
+        " AND s.version = max(s.version) OVER (PARTITION BY s.id) AS latest_active"
+        " FROM scenarios s JOIN scenario_status st ON st.id = s.id ORDER BY s.id"
+    )
+    missing = [r for r in rows if (r["id"], r["version"], r["digest"]) not in _PARSED]
+    if missing:
+        for d in await conn.fetch(
+            "SELECT s.id, s.version, s.digest, s.definition FROM scenarios s"
+            " JOIN unnest($1::text[], $2::int[]) AS v(id, version)"
+            " ON s.id = v.id AND s.version = v.version",
+            [r["id"] for r in missing],
+            [r["version"] for r in missing],
+        ):
+            _parsed(d["id"], d["version"], d["digest"], d["definition"])
+    versions = [(_PARSED[(r["id"], r["version"], r["digest"])], r) for r in rows]
+    return Catalogue(
+        active=[(s, r["version"]) for s, r in versions if r["latest_active"]],
+        exit_events=frozenset(rule.event for s, _ in versions for rule in s.exits),
+    )
 
 
 async def save_scenario(conn: Connection, scenario: Scenario) -> tuple[int, bool]:
@@ -141,44 +177,86 @@ async def set_scenario_status(conn: Connection, scenario_id: str, status: str) -
     return result.endswith(" 1")
 
 
-async def mark_processed(conn: Connection, consumer: str, event_id: str) -> bool:
-    """Record ``event_id`` as consumed; False when it already was (a redelivery)."""
-    status = await conn.execute(
-        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+async def mark_processed(conn: Connection, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Record ``event_ids`` as consumed in one statement; returns those that were not
+    already (the rest are redeliveries)."""
+    rows = await conn.fetch(
+        "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::text[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
         consumer,
-        event_id,
+        list(event_ids),
     )
-    return status.endswith(" 1")
+    return {r["event_id"] for r in rows}
 
 
-async def upsert_contact(
-    conn: Connection, contact: dict[str, Any], locale: str, time_zone: str
-) -> dict[str, Any]:
-    """Create the contact or merge what the event says into its profile; returns it."""
-    row = await conn.fetchrow(
+@dataclass(frozen=True, slots=True)
+class ContactChange:
+    """What one event says of a contact: its profile, consent per mail kind (merged into
+    the recorded one) and, for a trigger, the activity (name, properties, when)."""
+
+    contact: dict[str, Any]
+    consent: dict[str, Any] | None = None
+    activity: tuple[str, dict[str, Any], datetime] | None = None
+
+
+async def upsert_contacts(
+    conn: Connection, changes: Sequence[ContactChange], locale: str, time_zone: str
+) -> dict[str, tuple[dict[str, Any], bool]]:
+    """Create each contact or merge what its event says into its profile, record the
+    activities, in one statement (one change per contact); returns by contact id each
+    contact and whether it has an active enrollment (only then can an event end one).
+
+    Rows are locked in id order, the order every statement that locks several takes.
+    """
+    rows = await conn.fetch(
         f"""
-        INSERT INTO contacts (id, email, name, locale, time_zone, attributes)
-        VALUES ($1, $2, $3, COALESCE($4, $7), COALESCE($5, $8), COALESCE($6, '{{}}'::jsonb))
-        ON CONFLICT (id) DO UPDATE SET
-            email = COALESCE(EXCLUDED.email, contacts.email),
-            name = COALESCE($3, contacts.name),
-            locale = COALESCE($4, contacts.locale),
-            time_zone = COALESCE($5, contacts.time_zone),
-            attributes = contacts.attributes || COALESCE($6, '{{}}'::jsonb),
-            updated_at = now()
-        RETURNING {_CONTACT_COLUMNS}
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::text[],
+                                 $10::jsonb[])
+                AS v(id, email, name, locale, time_zone, attributes, consent, at, activity,
+                     properties)
+        ), c AS (
+            INSERT INTO contacts
+                (id, email, name, locale, time_zone, attributes, consent, last_activity_at)
+            SELECT v.id, v.email, v.name, COALESCE(v.locale, old.locale, $11),
+                   COALESCE(v.time_zone, old.time_zone, $12), COALESCE(v.attributes, '{{}}'),
+                   COALESCE(v.consent, '{{}}'), v.at
+            FROM v LEFT JOIN contacts old ON old.id = v.id
+            ORDER BY v.id
+            ON CONFLICT (id) DO UPDATE SET
+                email = COALESCE(EXCLUDED.email, contacts.email),
+                name = COALESCE(EXCLUDED.name, contacts.name),
+                locale = EXCLUDED.locale,
+                time_zone = EXCLUDED.time_zone,
+                attributes = contacts.attributes || EXCLUDED.attributes,
+                consent = contacts.consent || EXCLUDED.consent,
+                last_activity_at = GREATEST(contacts.last_activity_at, EXCLUDED.last_activity_at),
+                updated_at = now()
+            RETURNING {_CONTACT_COLUMNS}
+        ), a AS (
+            INSERT INTO activity (contact_id, name, properties, occurred_at)
+            SELECT v.id, v.activity, v.properties, v.at FROM v WHERE v.activity IS NOT NULL
+        )
+        SELECT {_CONTACT_COLUMNS}, EXISTS (
+            SELECT 1 FROM enrollments e WHERE e.contact_id = c.id AND e.status = 'active'
+        ) AS has_active
+        FROM c
         """,  # noqa: S608 - column list is a constant
-        contact["id"],
-        contact.get("email"),
-        contact.get("name"),
-        contact.get("locale"),
-        contact.get("time_zone"),
-        contact.get("attributes"),
+        [c.contact["id"] for c in changes],
+        [c.contact.get("email") for c in changes],
+        [c.contact.get("name") for c in changes],
+        [c.contact.get("locale") for c in changes],
+        [c.contact.get("time_zone") for c in changes],
+        [c.contact.get("attributes") for c in changes],
+        [c.consent for c in changes],
+        [c.activity[2] if c.activity else None for c in changes],
+        [c.activity[0] if c.activity else None for c in changes],
+        [c.activity[1] if c.activity else None for c in changes],
         locale,
         time_zone,
     )
-    assert row is not None
-    return contact_dict(row)
+    return {r["id"]: (contact_dict(r), r["has_active"]) for r in rows}
 
 
 async def set_consent(
@@ -239,23 +317,6 @@ async def update_profile(
     )
 
 
-async def record_activity(
-    conn: Connection, contact_id: str, name: str, properties: dict[str, Any], at: datetime
-) -> None:
-    await conn.execute(
-        "INSERT INTO activity (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4)",
-        contact_id,
-        name,
-        properties,
-        at,
-    )
-    await conn.execute(
-        "UPDATE contacts SET last_activity_at = GREATEST(last_activity_at, $2) WHERE id = $1",
-        contact_id,
-        at,
-    )
-
-
 async def recent_activity(
     conn: Connection, contact_id: str, name: str, since: datetime
 ) -> list[dict[str, Any]]:
@@ -272,59 +333,56 @@ async def prune_activity(conn: Connection, before: datetime) -> None:
     await conn.execute("DELETE FROM activity WHERE occurred_at < $1", before)
 
 
-async def lock_entry(conn: Connection, scenario_id: str, contact_id: str) -> None:
-    """Serialise enrollment decisions for one contact and scenario (in a transaction)."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtext('enroll:' || $1 || ':' || $2))",
-        scenario_id,
-        contact_id,
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A contact's past in a scenario, read under the entry lock."""
+
+    last_created_at: datetime | None
+    last_ended_at: datetime | None
+    has_active: bool
+
+
+async def lock_entry(conn: Connection, scenario_id: str, contact_id: str) -> Entry:
+    """Serialise enrollment decisions for one contact and scenario (until the transaction
+    ends), then read what they depend on, in one round trip (``enrollment_entry``, whose
+    read sees what the lock's previous holder committed)."""
+    row = await conn.fetchrow("SELECT * FROM enrollment_entry($1, $2)", scenario_id, contact_id)
+    assert row is not None
+    return Entry(row["last_created_at"], row["last_ended_at"], row["has_active"])
+
+
+async def lock_entries(
+    conn: Connection, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Entry]:
+    """``lock_entry`` for many (scenario, contact) pairs in one round trip, locked in
+    sorted order."""
+    ordered = sorted(set(pairs))
+    rows = await conn.fetch(
+        "SELECT * FROM enrollment_entries($1::text[], $2::text[])",
+        [s for s, _ in ordered],
+        [c for _, c in ordered],
     )
+    return {
+        (r["entry_scenario_id"], r["entry_contact_id"]): Entry(
+            r["last_created_at"], r["last_ended_at"], r["has_active"]
+        )
+        for r in rows
+    }
 
 
-async def last_enrollment(
-    conn: Connection, scenario_id: str, contact_id: str
-) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT status, created_at, ended_at FROM enrollments"
-        " WHERE scenario_id = $1 AND contact_id = $2 ORDER BY created_at DESC LIMIT 1",
-        scenario_id,
-        contact_id,
-    )
-
-
-async def has_active(conn: Connection, scenario_id: str, contact_id: str) -> bool:
-    found = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM enrollments WHERE scenario_id = $1 AND contact_id = $2"
-        " AND status = 'active')",
-        scenario_id,
-        contact_id,
-    )
-    return bool(found)
-
-
-async def create_enrollment(
-    conn: Connection,
-    scenario_id: str,
+def new_enrollment(
+    scenario: Scenario,
     version: int,
     contact_id: str,
     trigger_event: dict[str, Any],
     status: str,
     at: datetime,
-) -> uuid.UUID:
-    enrollment_id = uuid.uuid4()
-    await conn.execute(
-        "INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id, trigger_event,"
-        " status, created_at, ended_at) VALUES ($1, $2, $3, $4, $5, $6::text, $7::timestamptz,"
-        " CASE WHEN $6::text = 'active' THEN NULL ELSE $7::timestamptz END)",
-        enrollment_id,
-        scenario_id,
-        version,
-        contact_id,
-        trigger_event,
-        status,
-        at,
+) -> Enrollment:
+    """An enrollment at its first step, to be written with ``PendingWrites.enroll``."""
+    digest = _DIGESTS.get((scenario.id, version)) or scenario.digest()
+    return Enrollment(
+        uuid.uuid4(), scenario.id, version, contact_id, trigger_event, 0, status, None, at, digest
     )
-    return enrollment_id
 
 
 async def active_enrollments(conn: Connection, contact_id: str) -> list[Enrollment]:
@@ -334,14 +392,6 @@ async def active_enrollments(conn: Connection, contact_id: str) -> list[Enrollme
         contact_id,
     )
     return [_enrollment(r) for r in rows]
-
-
-async def get_enrollment(conn: Connection, enrollment_id: uuid.UUID) -> Enrollment | None:
-    row = await conn.fetchrow(
-        f"SELECT {_ENROLLMENT_COLUMNS} FROM {_ENROLLMENT_FROM} WHERE e.id = $1",  # noqa: S608
-        enrollment_id,
-    )
-    return None if row is None else _enrollment(row)
 
 
 _CONTACT_AS = ", ".join(f"c.{c} AS contact_{c}" for c in _CONTACT_COLUMNS.split(", "))
@@ -378,11 +428,44 @@ class PendingWrites:
     """State changes of one pass, written together: a few round trips instead of a few per
     enrollment. Flushed before anything reads them back and at the end of the pass."""
 
+    enrollments: list[tuple[Any, ...]] = field(default_factory=list)
+    entries: set[tuple[str, str]] = field(default_factory=set)
+    """(scenario, contact) of the enrollments not written yet."""
+    locked: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    """Entries read under their lock ahead of the enrollment decisions (``lock_entries``);
+    each is used once, and dropped when an enrollment of its pair is made."""
     outbox: list[OutboxEvent] = field(default_factory=list)
     messages: list[tuple[Any, ...]] = field(default_factory=list)
     schedules: list[tuple[Any, ...]] = field(default_factory=list)
     finishes: list[tuple[Any, ...]] = field(default_factory=list)
     touches: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        return bool(
+            self.enrollments
+            or self.outbox
+            or self.messages
+            or self.schedules
+            or self.finishes
+            or self.touches
+        )
+
+    def enroll(self, enrollment: Enrollment) -> None:
+        e = enrollment
+        self.enrollments.append(
+            (
+                e.id,
+                e.scenario_id,
+                e.scenario_version,
+                e.contact_id,
+                e.trigger_event,
+                e.status,
+                e.created_at,
+            )
+        )
+        self.entries.add((e.scenario_id, e.contact_id))
+        self.locked.pop((e.scenario_id, e.contact_id), None)
 
     def schedule(self, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime) -> None:
         self.schedules.append((enrollment_id, step_index, next_due_at))
@@ -423,6 +506,14 @@ class PendingWrites:
         self.touches.append((contact_id, at))
 
     async def flush(self, conn: Connection) -> None:
+        if self.enrollments:
+            await conn.executemany(
+                "INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id,"
+                " trigger_event, status, created_at, ended_at) VALUES ($1, $2, $3, $4, $5,"
+                " $6::text, $7::timestamptz,"
+                " CASE WHEN $6::text = 'active' THEN NULL ELSE $7::timestamptz END)",
+                self.enrollments,
+            )
         if self.outbox:
             await add_to_outbox(conn, self.outbox)
         if self.messages:
@@ -448,6 +539,8 @@ class PendingWrites:
                 " exit_reason = $4, converted = $5 WHERE id = $1 AND status = 'active'",
                 self.finishes,
             )
+        self.enrollments.clear()
+        self.entries.clear()
         self.outbox.clear()
         self.messages.clear()
         self.touches.clear()
@@ -498,18 +591,20 @@ async def record_fact(conn: Connection, message_id: str, fact: str, at: datetime
 
 
 async def record_sent(
-    conn: Connection, message_id: str, at: datetime
-) -> tuple[datetime, str] | None:
-    """Set a message's sent time; the first time only, return when the step was released
-    to ``steps-due`` and the mail's kind (a mail resent after an ambiguous handover keeps
-    its first time)."""
-    row = await conn.fetchrow(
-        "UPDATE messages SET sent_at = $2 WHERE message_id = $1 AND sent_at IS NULL"
-        " RETURNING requested_at, mail_kind",
-        message_id,
-        at,
+    conn: Connection, sent: dict[str, datetime]
+) -> list[tuple[datetime, datetime, str]]:
+    """Set the sent time of each message (by id) in one statement; for those sent the first
+    time only, return when it was sent, when the step was released to ``steps-due`` and
+    the mail's kind (a mail resent after an ambiguous handover keeps its first time)."""
+    rows = await conn.fetch(
+        "UPDATE messages m SET sent_at = v.at"
+        " FROM unnest($1::text[], $2::timestamptz[]) AS v(message_id, at)"
+        " WHERE m.message_id = v.message_id AND m.sent_at IS NULL"
+        " RETURNING v.at, m.requested_at, m.mail_kind",
+        list(sent),
+        list(sent.values()),
     )
-    return None if row is None else (row["requested_at"], row["mail_kind"])
+    return [(r["at"], r["requested_at"], r["mail_kind"]) for r in rows]
 
 
 async def record_click(conn: Connection, message_id: str, url: str, at: datetime) -> None:
