@@ -142,10 +142,15 @@ def plain(name: str, value: str) -> str:
 
 
 def _body(content: str) -> str:
-    canonical = content.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
-    encoded = binascii.b2a_base64(canonical.encode(), newline=False).decode("ascii")
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+    # Line ends are made CRLF in the UTF-8 bytes, where replacing is a plain byte search.
+    canonical = content.encode().replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_base64(canonical, newline=False).decode("ascii")
+    if not encoded:
+        return ""
     # 76-character lines, as RFC 2045 asks of base64.
-    return "".join([encoded[i : i + 76] + CRLF for i in range(0, len(encoded), 76)])
+    return CRLF.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]) + CRLF
 
 
 def _split_long(line: str, html: bool) -> list[bytes]:
