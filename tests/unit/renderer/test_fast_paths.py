@@ -1,0 +1,86 @@
+"""The renderer's fast paths give exactly what the general code they replace gives."""
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+import pytest
+
+from stepmail_common.signing import Signer
+from stepmail_renderer import mime
+from stepmail_renderer.filters import FilterError, yen
+from stepmail_renderer.sandbox import compile_template, environment, render
+from stepmail_renderer.tokens import TokenSigner
+from tests.unit.renderer.helpers import render as render_mail
+from tests.unit.renderer.helpers import source, step
+
+PAYLOADS: list[dict[str, Any]] = [
+    {"k": "u", "m": "m-1", "c": "c-1", "mk": "marketing"},
+    {"k": "c", "m": "m-2", "i": 12, "u": "https://example.jp/商品?a=1&b=2"},
+    {},
+]
+
+
+@pytest.mark.parametrize(
+    "secret", [b"short-secret-0123456789", b"x" * 64, b"a-key-longer-than-a-block-" * 4]
+)
+def test_tokens_are_those_of_the_common_signer(secret: bytes):
+    signer, reference = TokenSigner({"k9": secret, "old": b"y" * 20}), Signer({"k9": secret})
+    for payload in PAYLOADS:
+        token = signer.sign(payload)
+        assert token == reference.sign(payload)
+        assert reference.verify(token) == payload
+        kid, body, _ = token.split(".")
+        mac = hmac.new(secret, f"{kid}.{body}".encode(), hashlib.sha256).digest()
+        assert token == f"{kid}.{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+        assert signer.sign_json(orjson.dumps(payload)) == token
+
+
+def test_click_tokens_carry_the_mail_reference_index_and_url():
+    html = '<a href="https://example.jp/a">A</a><a href="https://example.jp/b?x=1">B</a>'
+    mail = render_mail(source(html), step())
+    verifier = Signer({"k1": b"unit-test-secret-0123456789"})
+    tokens = [t for t in mail.html.split('"') if "/c/" in t]
+    payloads = [verifier.verify(t.rsplit("/", 1)[1]) for t in tokens]
+    assert [(p["k"], p["i"], p["u"]) for p in payloads] == [
+        ("c", 0, "https://example.jp/a"),
+        ("c", 1, "https://example.jp/b?x=1"),
+    ]
+    assert all(p["m"] == step().message_id and p["c"] == "c-1" for p in payloads)
+
+
+def test_templates_still_see_the_sandbox_globals():
+    env = environment(autoescape=True)
+    template = compile_template(
+        env,
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{{ i }}{% endfor %}{{ ns.n }}",
+        "t",
+    )
+    assert render(template, {}, "t") == template.render({}) == "0120"
+    shadowing = compile_template(env, "{{ range }}", "t")
+    assert render(shadowing, {"range": "値"}, "t") == shadowing.render({"range": "値"}) == "値"
+
+
+def test_cached_filters_still_refuse_every_time_and_follow_the_zone():
+    for _ in range(2):
+        with pytest.raises(FilterError):
+            yen("abc")
+    assert yen("12,800") == yen("12,800") == "¥12,800"
+    assert yen(-5) == "-¥5"
+    with pytest.raises(FilterError):
+        yen(True)
+    html = "{{ event.properties.d | jdate }}"
+    event = {"name": "x", "properties": {"d": "2026-11-22T15:30:00+00:00"}}
+    tokyo = render_mail(source(html), step(event=event)).html
+    ny = render_mail(
+        source(html), step(event=event, contact={"time_zone": "America/New_York"})
+    ).html
+    assert "2026年11月23日(月)" in tokyo
+    assert "2026年11月22日(日)" in ny
+
+
+def test_an_empty_body_is_no_base64_lines():
+    assert mime._body("") == ""
+    assert mime._body("a\r\nb\rc\nd") == mime._body("a\nb\nc\nd")
