@@ -84,3 +84,12 @@ def test_cached_filters_still_refuse_every_time_and_follow_the_zone():
 def test_an_empty_body_is_no_base64_lines():
     assert mime._body("") == ""
     assert mime._body("a\r\nb\rc\nd") == mime._body("a\nb\nc\nd")
+
+
+@pytest.mark.parametrize("size", [1, 2, 56, 57, 58, 113, 114, 115, 57 * 40, 57 * 40 + 1])
+def test_base64_bodies_are_76_character_crlf_lines_of_the_crlf_text(size: int):
+    text = ("ア" * size)[: max(1, size // 3)] + "\n" + "b" * size
+    expected = base64.encodebytes(text.replace("\n", "\r\n").encode()).replace(b"\n", b"\r\n")
+    body = mime._body(text)
+    assert body == expected.decode("ascii")
+    assert all(len(line) <= 76 for line in body.split("\r\n"))

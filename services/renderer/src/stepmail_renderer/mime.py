@@ -7,9 +7,11 @@ so headers with non-ASCII text are encoded here, word by word.
 import base64
 import binascii
 import re
+import struct
 from collections.abc import Sequence
 from email.header import Header
 from email.utils import formataddr
+from functools import lru_cache
 
 from stepmail_common.errors import PermanentError
 from stepmail_renderer.iso2022jp import CODEC as JIS
@@ -141,16 +143,25 @@ def plain(name: str, value: str) -> str:
     return f"{name}: {value}"
 
 
+@lru_cache(maxsize=128)
+def _base64_lines(count: int) -> struct.Struct:
+    """Cuts ``count`` 76-character lines off a buffer in one call."""
+    return struct.Struct("76s" * count)
+
+
 def _body(content: str) -> str:
     if "\r" in content:
         content = content.replace("\r\n", "\n").replace("\r", "\n")
     # Line ends are made CRLF in the UTF-8 bytes, where replacing is a plain byte search.
     canonical = content.encode().replace(b"\n", b"\r\n")
-    encoded = binascii.b2a_base64(canonical, newline=False).decode("ascii")
-    if not encoded:
-        return ""
-    # 76-character lines, as RFC 2045 asks of base64.
-    return CRLF.join([encoded[i : i + 76] for i in range(0, len(encoded), 76)]) + CRLF
+    encoded = binascii.b2a_base64(canonical, newline=False)
+    # 76-character lines, as RFC 2045 asks of base64, each ending in CRLF.
+    full, rest = divmod(len(encoded), 76)
+    lines = list(_base64_lines(full).unpack_from(encoded)) if full else []
+    if rest:
+        lines.append(encoded[full * 76 :])
+    lines.append(b"")
+    return b"\r\n".join(lines).decode("ascii")
 
 
 def _split_long(line: str, html: bool) -> list[bytes]:
