@@ -1,15 +1,18 @@
+# ruff: noqa: RUF001 - look-alike characters are what the ISO-2022-JP mapping is about.
 """The renderer's fast paths give exactly what the general code they replace gives."""
 
 import base64
 import hashlib
 import hmac
+import random
+import unicodedata
 from typing import Any
 
 import orjson
 import pytest
 
 from stepmail_common.signing import Signer
-from stepmail_renderer import mime
+from stepmail_renderer import iso2022jp, mime
 from stepmail_renderer.filters import FilterError, yen
 from stepmail_renderer.sandbox import compile_template, environment, render
 from stepmail_renderer.tokens import TokenSigner
@@ -93,3 +96,76 @@ def test_base64_bodies_are_76_character_crlf_lines_of_the_crlf_text(size: int):
     body = mime._body(text)
     assert body == expected.decode("ascii")
     assert all(len(line) <= 76 for line in body.split("\r\n"))
+
+
+def _jis_text_reference(text: str) -> str:
+    """The character-by-character mapping ``to_jis_text`` must agree with."""
+    out = []
+    folded = iso2022jp._HALFWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    for char in folded:
+        try:
+            char.encode(iso2022jp.CODEC)
+        except UnicodeEncodeError:
+            replacement = iso2022jp._replacement(char)
+            if replacement is None:
+                raise iso2022jp.UnencodableTextError(f"U+{ord(char):04X}") from None
+            out.append(replacement)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _outcome(convert: Any, text: str) -> str:
+    try:
+        return str(convert(text))
+    except iso2022jp.UnencodableTextError as exc:
+        return "refused " + str(exc).rsplit(": ", 1)[-1].split()[0]
+
+
+def test_jis_text_is_mapped_as_character_by_character():
+    alphabet = list("abc あ漢字¥〜アｶﾞｷﾞｰﾟ①⑳㈱～–—髙﨑©™㌔㎝\u00a0Ⅳⅸ№𠮷😀☃")
+    rnd = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24)))
+        expected = _outcome(_jis_text_reference, text)
+        assert _outcome(lambda t: iso2022jp.to_jis_text(t, "w"), text) == expected, text
+
+
+def test_jis_text_names_the_first_character_it_cannot_write():
+    with pytest.raises(iso2022jp.UnencodableTextError, match=r"U\+2603"):
+        iso2022jp.to_jis_text("髙①☃😀", "w")
+    assert iso2022jp.to_jis_text("ｶﾞ髙髙①", "w") == "ガ高高(1)"
+
+
+def _split_reference(line: str, html: bool) -> list[bytes]:
+    """Greedy folding, measuring every candidate line: what ``_split_long`` must give."""
+    jis = iso2022jp.CODEC
+    pieces = mime._AFTER_TAG.split(line) if html else [line]
+    out: list[bytes] = []
+    current = ""
+    for piece in pieces:
+        if len((current + piece).encode(jis)) <= mime.MAX_BODY_LINE:
+            current += piece
+            continue
+        if current:
+            out.append(current.encode(jis))
+            current = ""
+        for char in piece:
+            if len((current + char).encode(jis)) > mime.MAX_BODY_LINE:
+                out.append(current.encode(jis))
+                current = ""
+            current += char
+    out.append(current.encode(jis))
+    return out
+
+
+def test_long_jis_lines_fold_exactly_as_measuring_every_candidate():
+    alphabet = ["a", " ", "<p>", "</a>", "<br>", "あ", "漢字", "¥", "ア", "x" * 60, "日本" * 40]
+    alphabet.append("<a href='https://t.example.jp/c/" + "t" * 300 + "'>")
+    rnd = random.Random(3)
+    for _ in range(400):
+        line = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 300)))
+        for html in (True, False):
+            folded = mime._split_long(line, html)
+            assert folded == _split_reference(line, html)
+            assert all(len(part) <= mime.MAX_BODY_LINE for part in folded)

@@ -169,22 +169,41 @@ def _split_long(line: str, html: bool) -> list[bytes]:
 
     HTML breaks after a tag where it can (a line break there changes nothing shown);
     anything else breaks between characters, each piece ending back in ASCII.
+
+    Pieces are added while they fit. ``bound`` is at least the encoded length of the line
+    so far: two parts encoded apart are never shorter than encoded together (the joint
+    one only saves escape sequences), so a piece that fits by the bound fits, and the
+    joint encoding is measured only near the limit.
     """
     pieces = _AFTER_TAG.split(line) if html else [line]
     out: list[bytes] = []
     current = ""
+    bound = 0
     for piece in pieces:
-        if len((current + piece).encode(JIS)) <= MAX_BODY_LINE:
+        size = len(piece.encode(JIS))
+        if bound + size <= MAX_BODY_LINE:
             current += piece
+            bound += size
+            continue
+        joined = len((current + piece).encode(JIS))
+        if joined <= MAX_BODY_LINE:
+            current += piece
+            bound = joined
             continue
         if current:
             out.append(current.encode(JIS))
             current = ""
+        if size <= MAX_BODY_LINE:
+            # No prefix of a piece encodes longer than the whole: it starts the line whole.
+            current = piece
+            bound = size
+            continue
         for char in piece:
             if len((current + char).encode(JIS)) > MAX_BODY_LINE:
                 out.append(current.encode(JIS))
                 current = ""
             current += char
+        bound = len(current.encode(JIS))
     out.append(current.encode(JIS))
     return out
 
