@@ -169,3 +169,25 @@ def test_long_jis_lines_fold_exactly_as_measuring_every_candidate():
             folded = mime._split_long(line, html)
             assert folded == _split_reference(line, html)
             assert all(len(part) <= mime.MAX_BODY_LINE for part in folded)
+
+
+def test_links_are_tracked_whatever_their_quotes():
+    html = (
+        "<a href=\"https://example.jp/1\">1</a><A HREF='https://example.jp/2'>2</A>"
+        '<a href=https://example.jp/3>3</a><a href="">空</a><a href="mailto:x@example.jp">m</a>'
+        '<area href="https://example.jp/4?a=1&amp;b=2">'
+    )
+    mail = render_mail(source(html), step())
+    assert mail.links == 4
+    for n in "123":
+        assert f"example.jp/{n}" not in mail.html
+    assert 'href=""' in mail.html
+    assert 'href="mailto:x@example.jp"' in mail.html
+    verifier = Signer({"k1": b"unit-test-secret-0123456789"})
+    tokens = [t for t in mail.html.split('"') if "/c/" in t]
+    assert [verifier.verify(t.rsplit("/", 1)[1])["u"] for t in tokens] == [
+        "https://example.jp/1",
+        "https://example.jp/2",
+        "https://example.jp/3",
+        "https://example.jp/4?a=1&b=2",
+    ]

@@ -128,6 +128,17 @@ class _SenderParts:
             "postal_address": sender.postal_address,
             "contact": sender.contact,
         }
+        self._utm: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+
+    def utm(self, scenario: str, step: str, template: str) -> tuple[tuple[str, str], ...]:
+        """The sender's UTM parameters for a step, filled in once per step."""
+        key = (scenario, step, template)
+        found = self._utm.get(key)
+        if found is None:
+            if len(self._utm) >= _CACHE_SIZE:
+                self._utm.clear()
+            found = self._utm[key] = self.profile.utm_for(scenario, step, template)
+        return found
 
 
 class MailRenderer:
@@ -218,7 +229,7 @@ class MailRenderer:
             else html_to_text(html)
         )
 
-        utm = profile.utm_for(step.scenario_id, step.step_id, src.id) if profile.utm else ()
+        utm = sender.utm(step.scenario_id, step.step_id, src.id) if profile.utm else ()
         click_base = f"{self._tracker}/c/"
 
         wrapped: dict[tuple[int, str], str] = {}
