@@ -227,3 +227,16 @@ def test_due_step_refuses_other_events_and_malformed_steps():
         due_step(_event(event_types.MAIL_RENDERED, {}))
     with pytest.raises(MalformedStepError, match="message_id"):
         due_step(_event(event_types.STEP_DUE, {"template": "welcome"}))
+
+
+async def test_a_step_that_breaks_rendering_unexpectedly_fails_alone():
+    repo = FakeRepo()
+    repo.publish(_source("welcome", "ようこそ"))
+    producer = FakeProducer()
+    broken = step(message_id="m-2")
+    del broken.contact["email"]
+    items = [DueStep(step(message_id="m-1"), None), DueStep(broken, None)]
+    failures = await _handler(repo, producer)(items)
+    assert list(failures) == [1]
+    assert isinstance(failures[1], KeyError)
+    assert [o.event.data["message_id"] for o in producer.batches[0]] == ["m-1"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
-from stepmail_common.errors import PermanentError
+from stepmail_common.errors import PermanentError, is_retriable
 from stepmail_common.events import CloudEvent, derived_id
 from stepmail_common.kafka import EventProducer, Outgoing
 from stepmail_common.topics import Topics
@@ -137,6 +137,14 @@ class StepDueHandler:
                 mail = self._renderer.render(step, compiled)
             except PermanentError as exc:
                 broken.append((compiled, exc))
+                failures[index] = exc
+                continue
+            except Exception as exc:
+                # A step the schema let through that still breaks rendering (a bug, odd
+                # data): dead-lettered alone; the batch and the partition go on.
+                if is_retriable(exc):
+                    raise
+                metrics.RENDER_FAILURES.labels(exc.__class__.__name__).inc()
                 failures[index] = exc
                 continue
             metrics.RENDER_SECONDS.observe(time.perf_counter() - started)
