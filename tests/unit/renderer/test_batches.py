@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY
 
 from stepmail_common import event_types
 from stepmail_common.clock import ManualClock
@@ -240,3 +241,22 @@ async def test_a_step_that_breaks_rendering_unexpectedly_fails_alone():
     assert list(failures) == [1]
     assert isinstance(failures[1], KeyError)
     assert [o.event.data["message_id"] for o in producer.batches[0]] == ["m-1"]
+
+
+async def test_each_failure_is_counted_once_by_its_error_class():
+    repo = FakeRepo()
+    repo.publish(_source("broken", "{{ event.properties.missing }}"))
+
+    def count(error: str) -> float:
+        value = REGISTRY.get_sample_value("stepmail_renderer_failures_total", {"error": error})
+        return value or 0.0
+
+    before = count("UnknownTemplateError"), count("TemplateRenderError")
+    items = [
+        DueStep(step(template="nope"), None),
+        DueStep(step(template="nope"), None),
+        DueStep(step(template="broken"), None),
+    ]
+    await _handler(repo, FakeProducer())(items)
+    assert count("UnknownTemplateError") - before[0] == 2
+    assert count("TemplateRenderError") - before[1] == 1

@@ -129,7 +129,6 @@ class StepDueHandler:
             step = item.step
             compiled = templates[(step.template_id, step.template_version)]
             if isinstance(compiled, PermanentError):
-                metrics.RENDER_FAILURES.labels(compiled.__class__.__name__).inc()
                 failures[index] = compiled
                 continue
             started = time.perf_counter()
@@ -144,7 +143,6 @@ class StepDueHandler:
                 # data): dead-lettered alone; the batch and the partition go on.
                 if is_retriable(exc):
                     raise
-                metrics.RENDER_FAILURES.labels(exc.__class__.__name__).inc()
                 failures[index] = exc
                 continue
             metrics.RENDER_SECONDS.observe(time.perf_counter() - started)
@@ -161,6 +159,8 @@ class StepDueHandler:
         if outgoing:
             await self._producer.publish_many(outgoing)
         # Recorded once the mails are out: a retried batch does not count a failure twice.
+        for error in failures.values():
+            metrics.RENDER_FAILURES.labels(error.__class__.__name__).inc()
         for compiled, error in broken:
             await self._failed(compiled, error)
         for step, compiled, mail in rendered:
@@ -178,7 +178,6 @@ class StepDueHandler:
 
     async def _failed(self, compiled: CompiledTemplate, exc: PermanentError) -> None:
         error = exc.__class__.__name__
-        metrics.RENDER_FAILURES.labels(error).inc()
         metrics.TEMPLATE_FAILURES.labels(compiled.source.id, error).inc()
         # A database error here is retriable: the batch is tried again, and its mails
         # are published again with the same event ids.
