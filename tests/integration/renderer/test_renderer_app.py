@@ -14,11 +14,12 @@ import pytest
 from stepmail_common import event_types
 from stepmail_common.db import create_pool, migrate
 from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.kafka import DLQ_REASON, EventProducer
+from stepmail_common.kafka import DLQ_REASON, EventProducer, Outgoing
 from stepmail_common.topics import Topics
 from stepmail_renderer.app import create_app, sync_templates
 from stepmail_renderer.repository import RendererRepository
 from stepmail_renderer.settings import RendererSettings
+from stepmail_renderer.templates import TemplateSource
 from tests.integration.kafka_reader import parse_event, read_records
 
 pytestmark = pytest.mark.integration
@@ -163,5 +164,53 @@ async def test_a_changed_template_file_becomes_a_new_version(
         assert second is not None
         assert second.version == 2
         assert second.source.html.endswith("<!-- v2 -->\n")
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_dead_letters_only_its_bad_steps_and_sees_archives_at_once(
+    renderer: Renderer, database_url: str
+):
+    template_id = f"batch-{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(database_url, renderer.settings.db_schema)
+    try:
+        repo = RendererRepository(pool)
+        await repo.save_template(
+            TemplateSource(
+                template_id,
+                "marketing",
+                "{{ contact.name }} 様へのお知らせ",
+                None,
+                '<p>本文</p><a href="https://example.jp/a">詳しく</a>',
+                None,
+            )
+        )
+        good = [str(uuid.uuid4()) for _ in range(3)]
+        steps = [
+            _step_due(template_id, good[0]),
+            _step_due(f"missing-{template_id}", str(uuid.uuid4())),
+            _step_due(template_id, good[1]),
+            _step_due(template_id, good[2]),
+        ]
+        await renderer.producer.publish_many(
+            [Outgoing(renderer.topics.steps_due, e, "c-100") for e in steps]
+        )
+        bootstrap = renderer.settings.kafka_bootstrap_servers
+        rendered = [
+            parse_event(r) for r in await read_records(bootstrap, renderer.topics.mail_rendered, 3)
+        ]
+        assert sorted(e.data["message_id"] for e in rendered) == sorted(good)
+        dlq = Topics.dlq(renderer.topics.steps_due)
+        records = await read_records(bootstrap, dlq, 1)
+        assert len(records) == 1
+        assert "UnknownTemplateError" in dict(records[0].headers)[DLQ_REASON].decode()
+
+        assert await repo.archive(template_id)
+        await renderer.producer.publish(
+            renderer.topics.steps_due, _step_due(template_id, str(uuid.uuid4())), key="c-100"
+        )
+        records = await read_records(bootstrap, dlq, 2)
+        assert len(records) == 2
+        assert "ArchivedTemplateError" in dict(records[1].headers)[DLQ_REASON].decode()
     finally:
         await pool.close()

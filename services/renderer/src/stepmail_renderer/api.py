@@ -34,14 +34,10 @@ from stepmail_common.kafka import EventProducer
 from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
 from stepmail_renderer import metrics, mime
-from stepmail_renderer.handlers import (
-    ArchivedTemplateError,
-    UnknownTemplateError,
-    load_compiled,
-    rendered_event,
-)
+from stepmail_renderer.handlers import rendered_event
 from stepmail_renderer.rendering import MailRenderer, RenderedMail
 from stepmail_renderer.repository import RendererRepository
+from stepmail_renderer.resolver import ArchivedTemplateError, UnknownTemplateError, load_compiled
 from stepmail_renderer.schemas import StepDue
 from stepmail_renderer.templates import (
     LAYOUTS_DIR,

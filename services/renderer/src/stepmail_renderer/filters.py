@@ -83,11 +83,22 @@ def _jdate_text(day: date) -> str:
     return f"{day.year}年{day.month}月{day.day}日({WEEKDAYS[day.weekday()]})"
 
 
+def _jdate(value: Any, zone: ZoneInfo) -> str:
+    moment = _as_datetime(value, zone, "jdate")
+    return _jdate_text(moment.date() if isinstance(moment, datetime) else moment)
+
+
+# Most dates of a batch repeat (a campaign's deadline, today's date): strings are cached.
+_jdate_of_text = lru_cache(maxsize=4096)(_jdate)
+
+
 @pass_context
 def jdate(context: Context, value: Any, tz: str | None = None) -> str:
     """``2026年11月23日(月)`` in the contact's time zone."""
-    moment = _as_datetime(value, _contact_zone(context, tz), "jdate")
-    return _jdate_text(moment.date() if isinstance(moment, datetime) else moment)
+    zone = _contact_zone(context, tz)
+    if type(value) is str:
+        return _jdate_of_text(value, zone)
+    return _jdate(value, zone)
 
 
 @pass_context
@@ -119,12 +130,23 @@ def _amount(value: Any) -> Decimal:
 
 def yen(value: Any) -> str:
     """``¥12,800``; decimals rounded half up to the yen; ``-¥1,200`` when negative."""
+    if type(value) is int:  # the usual case, and not a bool
+        return f"-¥{-value:,}" if value < 0 else f"¥{value:,}"
+    if type(value) is str:
+        return _yen_of_text(value)
+    return _yen(value)
+
+
+def _yen(value: Any) -> str:
     amount = _amount(value)
     if not amount.is_finite():
         raise FilterError("yen: not a finite amount")
     whole = int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     sign = "-" if whole < 0 else ""
     return f"{sign}¥{abs(whole):,}"
+
+
+_yen_of_text = lru_cache(maxsize=4096)(_yen)
 
 
 def _is_english(locale: Any) -> bool:

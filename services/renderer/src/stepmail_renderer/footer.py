@@ -96,12 +96,14 @@ class Footer:
 
 
 def append_to_html(body: str, block: str) -> str:
-    """Put ``block`` just before ``</body>``, or at the end when there is none."""
-    ends = list(_BODY_END.finditer(body))
-    if not ends:
-        return body + block
-    at = ends[-1].start()
-    return body[:at] + block + body[at:]
+    """Put ``block`` just before the last ``</body>``, or at the end when there is none."""
+    # Searched backwards from the end, closing tag by closing tag: ``</body>`` is near it.
+    end = len(body)
+    while (at := body.rfind("</", 0, end)) >= 0:
+        if _BODY_END.match(body, at):
+            return body[:at] + block + body[at:]
+        end = at
+    return body + block
 
 
 def preheader_html(preheader: str) -> str:

@@ -1,66 +1,69 @@
-"""What the renderer does with each event it consumes."""
+"""What the renderer does with the due steps it consumes.
 
+Due steps arrive in batches (``stepmail_common.kafka.BatchConsumer``): ``due_step`` turns
+each event into a ``DueStep`` inside the record's trace span, and ``StepDueHandler``
+resolves the batch's templates at once, renders every mail and publishes them together.
+"""
+
+import asyncio
 import logging
-import re
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from stepmail_common import event_types
+from stepmail_common import event_types, telemetry
 from stepmail_common.clock import Clock
-from stepmail_common.errors import PermanentError
+from stepmail_common.errors import PermanentError, is_retriable
 from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.kafka import EventProducer
+from stepmail_common.kafka import EventProducer, Outgoing
 from stepmail_common.topics import Topics
 from stepmail_renderer import metrics
-from stepmail_renderer.rendering import CompiledTemplate, Layouts, MailRenderer, RenderedMail
+from stepmail_renderer.rendering import CompiledTemplate, MailRenderer, RenderedMail
 from stepmail_renderer.repository import RendererRepository
+from stepmail_renderer.resolver import TemplateResolver
 from stepmail_renderer.schemas import StepDue
-from stepmail_renderer.templates import StoredTemplate
 
 log = logging.getLogger(__name__)
 
 SOURCE = "urn:stepmail:renderer"
-_USES_LAYOUTS = re.compile(r"\{%-?\s*(?:extends|include|import|from)\b")
+# Rendering is CPU work in the event loop: let the loop run (health checks, heartbeats)
+# between every this many mails of a batch.
+_YIELD_EVERY = 16
 
 
 class UnexpectedEventError(PermanentError):
     """An event of a type the renderer does not handle."""
 
 
-class UnknownTemplateError(PermanentError):
-    """A step names a template (or version) the renderer does not have."""
+class MalformedStepError(PermanentError):
+    """A due step without a field the renderer needs."""
 
 
-class ArchivedTemplateError(PermanentError):
-    """A step names a template that was archived."""
+@dataclass(frozen=True, slots=True)
+class DueStep:
+    """A consumed due step and the trace its mail continues."""
+
+    step: StepDue
+    trace_context: Mapping[str, str] | None
 
 
-def uses_layouts(stored: StoredTemplate) -> bool:
-    src = stored.source
-    return any(
-        part is not None and _USES_LAYOUTS.search(part)
-        for part in (src.subject, src.preheader, src.html, src.text)
-    )
+def due_step(event: CloudEvent) -> DueStep:
+    """A ``step.due`` event as a ``DueStep``; a ``PermanentError`` (dead-lettered) says why not.
 
-
-async def load_compiled(
-    repo: RendererRepository, renderer: MailRenderer, template_id: str, version: int | None
-) -> CompiledTemplate:
-    """The compiled template a step names, with the latest layouts if it uses any."""
-    stored = await repo.template(template_id, version)
-    if stored is None:
-        at = f" v{version}" if version is not None else ""
-        raise UnknownTemplateError(f"no template {template_id!r}{at}")
-    if stored.archived:
-        raise ArchivedTemplateError(f"template {template_id!r} is archived")
-    layouts = Layouts.empty()
-    if uses_layouts(stored):
-        found = await repo.layouts()
-        layouts = Layouts(
-            {name: source for name, (_, source) in found.items()},
-            tuple(sorted((name, v) for name, (v, _) in found.items())),
-        )
-    return renderer.compiled(stored, layouts)
+    Runs inside the record's ``process`` span, so the mail keeps that trace.
+    """
+    try:
+        if event.type != event_types.STEP_DUE:
+            raise UnexpectedEventError(f"renderer does not handle {event.type!r}")
+        try:
+            step = StepDue.from_data(event.data)
+        except (KeyError, TypeError) as exc:
+            raise MalformedStepError(f"due step lacks {exc}") from exc
+    except PermanentError as exc:
+        metrics.RENDER_FAILURES.labels(exc.__class__.__name__).inc()
+        raise
+    return DueStep(step, telemetry.trace_carrier() or None)
 
 
 def rendered_event(step: StepDue, mail: RenderedMail, clock: Clock) -> CloudEvent:
@@ -90,7 +93,12 @@ def rendered_event(step: StepDue, mail: RenderedMail, clock: Clock) -> CloudEven
 
 
 class StepDueHandler:
-    """Renders a due step and publishes the mail on ``mail-rendered``."""
+    """Renders a batch of due steps and publishes the mails on ``mail-rendered`` at once.
+
+    Returns the steps it could not render, by index, with the reason; the consumer
+    dead-letters each alone. A retriable error (Postgres, the broker) retries the batch,
+    which is harmless: a re-rendered mail has the same event id.
+    """
 
     def __init__(
         self,
@@ -102,45 +110,77 @@ class StepDueHandler:
     ) -> None:
         self._repo = repo
         self._renderer = renderer
+        self._resolver = TemplateResolver(repo, renderer)
         self._producer = producer
         self._topics = topics
         self._clock = clock
 
-    async def __call__(self, event: CloudEvent) -> None:
-        where: dict[str, Any] = {}
-        try:
-            await self._handle(event, where)
-        except PermanentError as exc:
-            error = exc.__class__.__name__
-            metrics.RENDER_FAILURES.labels(error).inc()
-            if "version" in where:
-                metrics.TEMPLATE_FAILURES.labels(where["template"], error).inc()
-                # A database error here is retriable: the step is simply tried again.
-                await self._repo.record_failure(
-                    where["template"], where["version"], error, self._clock.now()
-                )
-            raise
-
-    async def _handle(self, event: CloudEvent, where: dict[str, Any]) -> None:
-        if event.type != event_types.STEP_DUE:
-            raise UnexpectedEventError(f"renderer does not handle {event.type!r}")
-        step = StepDue.from_data(event.data)
-        compiled = await load_compiled(
-            self._repo, self._renderer, step.template_id, step.template_version
+    async def __call__(self, items: Sequence[DueStep]) -> dict[int, Exception]:
+        templates = await self._resolver.resolve(
+            (item.step.template_id, item.step.template_version) for item in items
         )
-        where.update(template=compiled.source.id, version=compiled.version)
-        started = time.perf_counter()
-        mail = self._renderer.render(step, compiled)
-        metrics.RENDER_SECONDS.observe(time.perf_counter() - started)
-        rendered = rendered_event(step, mail, self._clock)
-        await self._producer.publish(self._topics.mail_rendered, rendered, key=step.contact_id)
-        metrics.MAILS_RENDERED.labels(step.mail_kind).inc()
-        metrics.LINKS_TRACKED.observe(mail.links)
-        log.info(
-            "mail rendered",
-            extra={
-                "message_id": step.message_id,
-                "template": compiled.source.id,
-                "template_version": compiled.version,
-            },
+        failures: dict[int, Exception] = {}
+        outgoing: list[Outgoing] = []
+        rendered: list[tuple[StepDue, CompiledTemplate, RenderedMail]] = []
+        broken: list[tuple[CompiledTemplate, PermanentError]] = []
+        for index, item in enumerate(items):
+            if index and not index % _YIELD_EVERY:
+                await asyncio.sleep(0)
+            step = item.step
+            compiled = templates[(step.template_id, step.template_version)]
+            if isinstance(compiled, PermanentError):
+                failures[index] = compiled
+                continue
+            started = time.perf_counter()
+            try:
+                mail = self._renderer.render(step, compiled)
+            except PermanentError as exc:
+                broken.append((compiled, exc))
+                failures[index] = exc
+                continue
+            except Exception as exc:
+                # A step the schema let through that still breaks rendering (a bug, odd
+                # data): dead-lettered alone; the batch and the partition go on.
+                if is_retriable(exc):
+                    raise
+                failures[index] = exc
+                continue
+            metrics.RENDER_SECONDS.observe(time.perf_counter() - started)
+            event = rendered_event(step, mail, self._clock)
+            outgoing.append(
+                Outgoing(
+                    self._topics.mail_rendered,
+                    event,
+                    key=step.contact_id,
+                    trace_context=item.trace_context,
+                )
+            )
+            rendered.append((step, compiled, mail))
+        if outgoing:
+            await self._producer.publish_many(outgoing)
+        # Recorded once the mails are out: a retried batch does not count a failure twice.
+        for error in failures.values():
+            metrics.RENDER_FAILURES.labels(error.__class__.__name__).inc()
+        for compiled, error in broken:
+            await self._failed(compiled, error)
+        for step, compiled, mail in rendered:
+            metrics.MAILS_RENDERED.labels(step.mail_kind).inc()
+            metrics.LINKS_TRACKED.observe(mail.links)
+            log.info(
+                "mail rendered",
+                extra={
+                    "message_id": step.message_id,
+                    "template": compiled.source.id,
+                    "template_version": compiled.version,
+                },
+            )
+        return failures
+
+    async def _failed(self, compiled: CompiledTemplate, exc: PermanentError) -> None:
+        error = exc.__class__.__name__
+        metrics.TEMPLATE_FAILURES.labels(compiled.source.id, error).inc()
+        # A database error here is retriable: the batch is tried again, and its mails
+        # are published again with the same event ids.
+        await self._repo.record_failure(
+            compiled.source.id, compiled.version, error, self._clock.now()
         )

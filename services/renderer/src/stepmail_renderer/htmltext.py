@@ -7,6 +7,8 @@ _BLOCKS = frozenset(
     {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr", "ul", "ol"}
 )
 _HIDDEN = frozenset({"head", "style", "script", "title"})
+_SPACES = re.compile(r"\s+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
 class _TextWriter(HTMLParser):
@@ -38,7 +40,7 @@ class _TextWriter(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self._hidden:
-            self.parts.append(re.sub(r"\s+", " ", data))
+            self.parts.append(_SPACES.sub(" ", data))
 
 
 def html_to_text(body: str) -> str:
@@ -47,4 +49,4 @@ def html_to_text(body: str) -> str:
     writer.close()
     lines = (line.strip() for line in "".join(writer.parts).split("\n"))
     text = "\n".join(lines)
-    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+    return _BLANK_LINES.sub("\n\n", text).strip() + "\n"

@@ -69,25 +69,28 @@ def _replacement(char: str) -> str | None:
 
 
 def to_jis_text(text: str, where: str) -> str:
-    """``text`` with every character ISO-2022-JP lacks replaced, or ``UnencodableTextError``."""
-    try:
-        text.encode(CODEC)
-    except UnicodeEncodeError:
-        pass
-    else:
-        return text
-    # NFKC composes ｶﾞ into ガ; do it before looking at single characters.
-    out: list[str] = []
-    for char in _HALFWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text):
+    """``text`` with every character ISO-2022-JP lacks replaced, or ``UnencodableTextError``.
+
+    The encoder stops at the first character it cannot write; that character is replaced
+    everywhere and the text tried again, so a mail with one or two such characters (a
+    name's 髙, a ～) costs a few encodings, not a look at each of its characters.
+    """
+    halfwidth_folded = False
+    while True:
         try:
-            char.encode(CODEC)
-        except UnicodeEncodeError:
-            replacement = _replacement(char)
-            if replacement is None:
-                raise UnencodableTextError(
-                    f"{where}: U+{ord(char):04X} cannot be written in ISO-2022-JP"
-                ) from None
-            out.append(replacement)
+            text.encode(CODEC)
+        except UnicodeEncodeError as exc:
+            char = text[exc.start]
         else:
-            out.append(char)
-    return "".join(out)
+            return text
+        if not halfwidth_folded and _HALFWIDTH.match(char):
+            # NFKC composes ｶﾞ into ガ: fold every half-width run before anything else.
+            text = _HALFWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+            halfwidth_folded = True
+            continue
+        replacement = _replacement(char)
+        if replacement is None:
+            raise UnencodableTextError(
+                f"{where}: U+{ord(char):04X} cannot be written in ISO-2022-JP"
+            )
+        text = text.replace(char, replacement)

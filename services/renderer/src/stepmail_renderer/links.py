@@ -69,18 +69,21 @@ class LinkTracker:
         return index
 
     def html(self, body: str) -> str:
+        keep, wrap, positions, escape = self._keep, self._wrap, self._positions, html.escape
+
         def href(match: re.Match[str]) -> str:
-            raw = match.group(2) or match.group(3) or match.group(4) or ""
+            # The one alternative of the value that matched is the last group.
+            raw = match[match.lastindex or 0]
             url = (html.unescape(raw) if "&" in raw else raw).strip()
-            if not _HTTP.match(url) or url in self._keep:
-                return match.group(0)
+            if url in keep or not _HTTP.match(url):
+                return match[0]
             url = normalise_url(url)
             index = self._next()
-            self._positions[url].append(index)
-            return f'{match.group(1)}"{html.escape(self._wrap(index, url))}"'
+            positions[url].append(index)
+            return f'{match[1]}"{escape(wrap(index, url))}"'
 
         def tag(match: re.Match[str]) -> str:
-            text = match.group(0)
+            text = match[0]
             # Most tags of a mail are not links: skip them without a second search.
             if "href" not in text and "HREF" not in text and "Href" not in text:
                 return text

@@ -7,9 +7,11 @@ so headers with non-ASCII text are encoded here, word by word.
 import base64
 import binascii
 import re
+import struct
 from collections.abc import Sequence
 from email.header import Header
 from email.utils import formataddr
+from functools import lru_cache
 
 from stepmail_common.errors import PermanentError
 from stepmail_renderer.iso2022jp import CODEC as JIS
@@ -141,11 +143,25 @@ def plain(name: str, value: str) -> str:
     return f"{name}: {value}"
 
 
+@lru_cache(maxsize=128)
+def _base64_lines(count: int) -> struct.Struct:
+    """Cuts ``count`` 76-character lines off a buffer in one call."""
+    return struct.Struct("76s" * count)
+
+
 def _body(content: str) -> str:
-    canonical = content.replace("\r\n", "\n").replace("\r", "\n").replace("\n", CRLF)
-    encoded = binascii.b2a_base64(canonical.encode(), newline=False).decode("ascii")
-    # 76-character lines, as RFC 2045 asks of base64.
-    return "".join([encoded[i : i + 76] + CRLF for i in range(0, len(encoded), 76)])
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+    # Line ends are made CRLF in the UTF-8 bytes, where replacing is a plain byte search.
+    canonical = content.encode().replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_base64(canonical, newline=False)
+    # 76-character lines, as RFC 2045 asks of base64, each ending in CRLF.
+    full, rest = divmod(len(encoded), 76)
+    lines = list(_base64_lines(full).unpack_from(encoded)) if full else []
+    if rest:
+        lines.append(encoded[full * 76 :])
+    lines.append(b"")
+    return b"\r\n".join(lines).decode("ascii")
 
 
 def _split_long(line: str, html: bool) -> list[bytes]:
@@ -153,22 +169,41 @@ def _split_long(line: str, html: bool) -> list[bytes]:
 
     HTML breaks after a tag where it can (a line break there changes nothing shown);
     anything else breaks between characters, each piece ending back in ASCII.
+
+    Pieces are added while they fit. ``bound`` is at least the encoded length of the line
+    so far: two parts encoded apart are never shorter than encoded together (the joint
+    one only saves escape sequences), so a piece that fits by the bound fits, and the
+    joint encoding is measured only near the limit.
     """
     pieces = _AFTER_TAG.split(line) if html else [line]
     out: list[bytes] = []
     current = ""
+    bound = 0
     for piece in pieces:
-        if len((current + piece).encode(JIS)) <= MAX_BODY_LINE:
+        size = len(piece.encode(JIS))
+        if bound + size <= MAX_BODY_LINE:
             current += piece
+            bound += size
+            continue
+        joined = len((current + piece).encode(JIS))
+        if joined <= MAX_BODY_LINE:
+            current += piece
+            bound = joined
             continue
         if current:
             out.append(current.encode(JIS))
             current = ""
+        if size <= MAX_BODY_LINE:
+            # No prefix of a piece encodes longer than the whole: it starts the line whole.
+            current = piece
+            bound = size
+            continue
         for char in piece:
             if len((current + char).encode(JIS)) > MAX_BODY_LINE:
                 out.append(current.encode(JIS))
                 current = ""
             current += char
+        bound = len(current.encode(JIS))
     out.append(current.encode(JIS))
     return out
 

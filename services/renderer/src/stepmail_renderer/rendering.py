@@ -9,6 +9,7 @@ from email.utils import format_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from jinja2 import Template
 
 from stepmail_common.clock import Clock
@@ -127,6 +128,17 @@ class _SenderParts:
             "postal_address": sender.postal_address,
             "contact": sender.contact,
         }
+        self._utm: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+
+    def utm(self, scenario: str, step: str, template: str) -> tuple[tuple[str, str], ...]:
+        """The sender's UTM parameters for a step, filled in once per step."""
+        key = (scenario, step, template)
+        found = self._utm.get(key)
+        if found is None:
+            if len(self._utm) >= _CACHE_SIZE:
+                self._utm.clear()
+            found = self._utm[key] = self.profile.utm_for(scenario, step, template)
+        return found
 
 
 class MailRenderer:
@@ -217,10 +229,13 @@ class MailRenderer:
             else html_to_text(html)
         )
 
-        utm = profile.utm_for(step.scenario_id, step.step_id, src.id) if profile.utm else ()
+        utm = sender.utm(step.scenario_id, step.step_id, src.id) if profile.utm else ()
         click_base = f"{self._tracker}/c/"
 
         wrapped: dict[tuple[int, str], str] = {}
+        # A click token's payload is {"k": "c", **ref, "i": index, "u": url}: its JSON is
+        # this mail's prefix, then the index and URL, exactly as orjson writes the dict.
+        click_prefix = orjson.dumps({"k": "c", **ref})[:-1] + b',"i":'
 
         def wrap(index: int, url: str) -> str:
             # The text part repeats the HTML's links: one token per position and URL.
@@ -228,8 +243,8 @@ class MailRenderer:
             found = wrapped.get(key)
             if found is None:
                 target = with_utm(url, utm) if utm else url
-                payload = {"k": "c", **ref, "i": index, "u": target}
-                found = wrapped[key] = click_base + signer.sign(payload)
+                document = b'%b%d,"u":%b}' % (click_prefix, index, orjson.dumps(target))
+                found = wrapped[key] = click_base + signer.sign_json(document)
             return found
 
         links = LinkTracker(wrap, keep={unsubscribe_url})

@@ -1,5 +1,6 @@
 """All of the renderer's SQL."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,6 +128,16 @@ class RendererRepository:
 
     async def latest_template(self, template_id: str) -> StoredTemplate | None:
         return await self.template(template_id)
+
+    async def latest_versions(self, template_ids: Sequence[str]) -> dict[str, tuple[int, bool]]:
+        """The latest version of each template and whether it is archived, in one query."""
+        rows = await self._pool.fetch(
+            "SELECT t.id, max(t.version) AS version,"
+            " EXISTS (SELECT 1 FROM template_archive a WHERE a.id = t.id) AS archived"
+            " FROM templates t WHERE t.id = ANY($1::text[]) GROUP BY t.id",
+            list(template_ids),
+        )
+        return {r["id"]: (int(r["version"]), bool(r["archived"])) for r in rows}
 
     async def layout_versions(self) -> dict[str, int]:
         rows = await self._pool.fetch(

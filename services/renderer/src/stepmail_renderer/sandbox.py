@@ -6,7 +6,7 @@ from typing import Any
 
 from jinja2 import BaseLoader, StrictUndefined, Template, TemplateError, TemplateNotFound
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
+from jinja2.runtime import Context, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from stepmail_common.errors import PermanentError
@@ -99,9 +99,18 @@ def compile_template(env: MailSandbox, source: str, where: str) -> Template:
 
 
 def render(template: Template, context: dict[str, Any], where: str) -> str:
-    """Render, turning every failure of the template into ``TemplateRenderError``."""
+    """Render, turning every failure of the template into ``TemplateRenderError``.
+
+    What ``Template.render`` does, without merging the template's globals through a
+    ``ChainMap`` on every call: templates made by ``compile_template`` have no globals of
+    their own, so the environment's (a plain dict) are all there is.
+    """
+    env = template.environment
     try:
-        return template.render(context)
+        names = dict(env.globals)
+        names.update(context)
+        ctx = new_context(env, template.name, template.blocks, names, True)
+        return env.concat(template.root_render_func(ctx))
     except Exception as exc:
         # Templates can fail in any way Python can (1/0, int('x')); all of it is the
         # template's fault, never worth a retry.

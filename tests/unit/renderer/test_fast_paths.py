@@ -1,0 +1,211 @@
+# ruff: noqa: RUF001 - look-alike characters are what the ISO-2022-JP mapping is about.
+"""The renderer's fast paths give exactly what the general code they replace gives."""
+
+import base64
+import hashlib
+import hmac
+import random
+import re
+import unicodedata
+from typing import Any
+
+import orjson
+import pytest
+
+from stepmail_common.signing import Signer
+from stepmail_renderer import footer, iso2022jp, mime
+from stepmail_renderer.filters import FilterError, yen
+from stepmail_renderer.sandbox import compile_template, environment, render
+from stepmail_renderer.tokens import TokenSigner
+from tests.unit.renderer.helpers import render as render_mail
+from tests.unit.renderer.helpers import source, step
+
+PAYLOADS: list[dict[str, Any]] = [
+    {"k": "u", "m": "m-1", "c": "c-1", "mk": "marketing"},
+    {"k": "c", "m": "m-2", "i": 12, "u": "https://example.jp/商品?a=1&b=2"},
+    {},
+]
+
+
+@pytest.mark.parametrize(
+    "secret", [b"short-secret-0123456789", b"x" * 64, b"a-key-longer-than-a-block-" * 4]
+)
+def test_tokens_are_those_of_the_common_signer(secret: bytes):
+    signer, reference = TokenSigner({"k9": secret, "old": b"y" * 20}), Signer({"k9": secret})
+    for payload in PAYLOADS:
+        token = signer.sign(payload)
+        assert token == reference.sign(payload)
+        assert reference.verify(token) == payload
+        kid, body, _ = token.split(".")
+        mac = hmac.new(secret, f"{kid}.{body}".encode(), hashlib.sha256).digest()
+        assert token == f"{kid}.{body}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+        assert signer.sign_json(orjson.dumps(payload)) == token
+
+
+def test_click_tokens_carry_the_mail_reference_index_and_url():
+    html = '<a href="https://example.jp/a">A</a><a href="https://example.jp/b?x=1">B</a>'
+    mail = render_mail(source(html), step())
+    verifier = Signer({"k1": b"unit-test-secret-0123456789"})
+    tokens = [t for t in mail.html.split('"') if "/c/" in t]
+    payloads = [verifier.verify(t.rsplit("/", 1)[1]) for t in tokens]
+    assert [(p["k"], p["i"], p["u"]) for p in payloads] == [
+        ("c", 0, "https://example.jp/a"),
+        ("c", 1, "https://example.jp/b?x=1"),
+    ]
+    assert all(p["m"] == step().message_id and p["c"] == "c-1" for p in payloads)
+
+
+def test_templates_still_see_the_sandbox_globals():
+    env = environment(autoescape=True)
+    template = compile_template(
+        env,
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{{ i }}{% endfor %}{{ ns.n }}",
+        "t",
+    )
+    assert render(template, {}, "t") == template.render({}) == "0120"
+    shadowing = compile_template(env, "{{ range }}", "t")
+    assert render(shadowing, {"range": "値"}, "t") == shadowing.render({"range": "値"}) == "値"
+
+
+def test_cached_filters_still_refuse_every_time_and_follow_the_zone():
+    for _ in range(2):
+        with pytest.raises(FilterError):
+            yen("abc")
+    assert yen("12,800") == yen("12,800") == "¥12,800"
+    assert yen(-5) == "-¥5"
+    with pytest.raises(FilterError):
+        yen(True)
+    html = "{{ event.properties.d | jdate }}"
+    event = {"name": "x", "properties": {"d": "2026-11-22T15:30:00+00:00"}}
+    tokyo = render_mail(source(html), step(event=event)).html
+    ny = render_mail(
+        source(html), step(event=event, contact={"time_zone": "America/New_York"})
+    ).html
+    assert "2026年11月23日(月)" in tokyo
+    assert "2026年11月22日(日)" in ny
+
+
+def test_an_empty_body_is_no_base64_lines():
+    assert mime._body("") == ""
+    assert mime._body("a\r\nb\rc\nd") == mime._body("a\nb\nc\nd")
+
+
+@pytest.mark.parametrize("size", [1, 2, 56, 57, 58, 113, 114, 115, 57 * 40, 57 * 40 + 1])
+def test_base64_bodies_are_76_character_crlf_lines_of_the_crlf_text(size: int):
+    text = ("ア" * size)[: max(1, size // 3)] + "\n" + "b" * size
+    expected = base64.encodebytes(text.replace("\n", "\r\n").encode()).replace(b"\n", b"\r\n")
+    body = mime._body(text)
+    assert body == expected.decode("ascii")
+    assert all(len(line) <= 76 for line in body.split("\r\n"))
+
+
+def _jis_text_reference(text: str) -> str:
+    """The character-by-character mapping ``to_jis_text`` must agree with."""
+    out = []
+    folded = iso2022jp._HALFWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)
+    for char in folded:
+        try:
+            char.encode(iso2022jp.CODEC)
+        except UnicodeEncodeError:
+            replacement = iso2022jp._replacement(char)
+            if replacement is None:
+                raise iso2022jp.UnencodableTextError(f"U+{ord(char):04X}") from None
+            out.append(replacement)
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _outcome(convert: Any, text: str) -> str:
+    try:
+        return str(convert(text))
+    except iso2022jp.UnencodableTextError as exc:
+        return "refused " + str(exc).rsplit(": ", 1)[-1].split()[0]
+
+
+def test_jis_text_is_mapped_as_character_by_character():
+    alphabet = list("abc あ漢字¥〜アｶﾞｷﾞｰﾟ①⑳㈱～–—髙﨑©™㌔㎝\u00a0Ⅳⅸ№𠮷😀☃")
+    rnd = random.Random(7)
+    for _ in range(600):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24)))
+        expected = _outcome(_jis_text_reference, text)
+        assert _outcome(lambda t: iso2022jp.to_jis_text(t, "w"), text) == expected, text
+
+
+def test_jis_text_names_the_first_character_it_cannot_write():
+    with pytest.raises(iso2022jp.UnencodableTextError, match=r"U\+2603"):
+        iso2022jp.to_jis_text("髙①☃😀", "w")
+    assert iso2022jp.to_jis_text("ｶﾞ髙髙①", "w") == "ガ高高(1)"
+
+
+def _split_reference(line: str, html: bool) -> list[bytes]:
+    """Greedy folding, measuring every candidate line: what ``_split_long`` must give."""
+    jis = iso2022jp.CODEC
+    pieces = mime._AFTER_TAG.split(line) if html else [line]
+    out: list[bytes] = []
+    current = ""
+    for piece in pieces:
+        if len((current + piece).encode(jis)) <= mime.MAX_BODY_LINE:
+            current += piece
+            continue
+        if current:
+            out.append(current.encode(jis))
+            current = ""
+        for char in piece:
+            if len((current + char).encode(jis)) > mime.MAX_BODY_LINE:
+                out.append(current.encode(jis))
+                current = ""
+            current += char
+    out.append(current.encode(jis))
+    return out
+
+
+def test_long_jis_lines_fold_exactly_as_measuring_every_candidate():
+    alphabet = ["a", " ", "<p>", "</a>", "<br>", "あ", "漢字", "¥", "ア", "x" * 60, "日本" * 40]
+    alphabet.append("<a href='https://t.example.jp/c/" + "t" * 300 + "'>")
+    rnd = random.Random(3)
+    for _ in range(30):
+        line = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 150)))
+        for html in (True, False):
+            folded = mime._split_long(line, html)
+            assert folded == _split_reference(line, html)
+            assert all(len(part) <= mime.MAX_BODY_LINE for part in folded)
+
+
+def test_links_are_tracked_whatever_their_quotes():
+    html = (
+        "<a href=\"https://example.jp/1\">1</a><A HREF='https://example.jp/2'>2</A>"
+        '<a href=https://example.jp/3>3</a><a href="">空</a><a href="mailto:x@example.jp">m</a>'
+        '<area href="https://example.jp/4?a=1&amp;b=2">'
+    )
+    mail = render_mail(source(html), step())
+    assert mail.links == 4
+    for n in "123":
+        assert f"example.jp/{n}" not in mail.html
+    assert 'href=""' in mail.html
+    assert 'href="mailto:x@example.jp"' in mail.html
+    verifier = Signer({"k1": b"unit-test-secret-0123456789"})
+    tokens = [t for t in mail.html.split('"') if "/c/" in t]
+    assert [verifier.verify(t.rsplit("/", 1)[1])["u"] for t in tokens] == [
+        "https://example.jp/1",
+        "https://example.jp/2",
+        "https://example.jp/3",
+        "https://example.jp/4?a=1&b=2",
+    ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<html><body><p>本文</p></body></html>",
+        "<body>a</BODY >b</body\n>c</p>",
+        "<p>no body</p></div>",
+        "",
+        "</body></body>",
+        "</bodyx></body",
+    ],
+)
+def test_the_footer_goes_before_the_last_closing_body_tag(body: str):
+    ends = list(re.finditer(r"</body\s*>", body, re.IGNORECASE))
+    at = ends[-1].start() if ends else len(body)
+    assert footer.append_to_html(body, "[F]") == body[:at] + "[F]" + body[at:]
