@@ -150,6 +150,9 @@ class Deliverer:
         self.policy: Policy = policy
         self._retry = retry or RetryPolicy()
         self._window = max(1, window)
+        # Up to four slices in flight, of at least eight mails each (fewer, larger
+        # statements beat more overlap on small windows).
+        self._slice = -(-self._window // max(1, min(4, self._window // 8)))
         self._signer = signer
         self._tagger = tagger
         self._throttle = throttle
@@ -166,22 +169,39 @@ class Deliverer:
         return await self._drive(mail.message_id, mail.parcel, wait=True)
 
     async def handle_many(self, mails: Sequence[RenderedMail]) -> None:
-        """Deliver a consumed batch; returns once every mail's fate is in the ledger."""
+        """Deliver a consumed batch; returns once every mail's fate is in the ledger.
+
+        The batch goes in slices that overlap: while one slice is on the SMTP
+        connections, the next is recorded and claimed, so neither the database nor the
+        connections wait for the other. The slices in flight hold at most ``window``
+        mails together, which stays the most a SIGKILL can leave ambiguous.
+        """
         unique: dict[str, RenderedMail] = {}
         for mail in mails:
             unique.setdefault(mail.message_id, mail)
-        if not unique:
-            return
-        await self._retrying(lambda: self._ledger.accept_many(list(unique.values()), self._now()))
         pending = list(unique.values())
-        for start in range(0, len(pending), self._window):
-            chunk = pending[start : start + self._window]
-            await self._deliver_window(
-                [m.message_id for m in chunk],
-                {m.message_id: m.parcel for m in chunk},
-                wait=True,
-                traces={m.message_id: m.trace for m in chunk if m.trace},
-            )
+        size = self._slice
+        gate = asyncio.Semaphore(self._window // size)
+
+        async def deliver(chunk: list[RenderedMail]) -> None:
+            async with gate:
+                await self._retrying(lambda: self._ledger.accept_many(chunk, self._now()))
+                await self._deliver_window(
+                    [m.message_id for m in chunk],
+                    {m.message_id: m.parcel for m in chunk},
+                    wait=True,
+                    traces={m.message_id: m.trace for m in chunk if m.trace},
+                )
+
+        # Every slice runs to its end (none is cancelled half-way through a handover);
+        # then the first failure, if any, is the batch's.
+        results = await asyncio.gather(
+            *(deliver(pending[i : i + size]) for i in range(0, len(pending), size)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def retry_due(self, limit: int = 200) -> int:
         """Claim and send deferred mails whose time has come; returns how many were due."""
@@ -313,7 +333,9 @@ class Deliverer:
         try:
             message = parcel.message_bytes()
             if self._signer is not None:
-                message = self._signer(message)
+                # RSA signing takes most of a millisecond and OpenSSL lets go of the GIL
+                # meanwhile: in a thread, the event loop keeps the other mails moving.
+                message = await asyncio.to_thread(self._signer, message)
             if self._tagger is not None:
                 # After signing: an ESP strips its own header, which must not be signed.
                 message = self._tagger(claimed) + message

@@ -373,7 +373,14 @@ class SmtpTransport:
                     if reused and retry_on_fresh:
                         continue
                     return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
-                return await self._transfer(session, replies, payload)
+                except asyncio.CancelledError:
+                    self._drop()  # half a transaction must not carry the next mail
+                    raise
+                try:
+                    return await self._transfer(session, replies, payload)
+                except asyncio.CancelledError:
+                    self._drop()
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _transfer(
