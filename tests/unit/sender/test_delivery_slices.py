@@ -19,9 +19,9 @@ class TracingLedger(FakeLedger):
         self.calls.append("claim")
         return await super().claim_many(message_ids, owner, at, traces)
 
-    async def finish_many(self, done, at, traces=None):
+    async def finish_many(self, done, at, traces=None, parcels=None):
         self.calls.append("finish")
-        return await super().finish_many(done, at, traces)
+        return await super().finish_many(done, at, traces, parcels)
 
 
 class SlowTransport:

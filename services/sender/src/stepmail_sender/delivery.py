@@ -20,14 +20,23 @@ and ``stepmail_sender_ambiguous_total{policy}`` counts it. Then
 - ``hold`` (default, at most once): the mail stays ``ambiguous`` and is never sent
   again by stepmail; the event carries ``policy: "hold"`` so someone can look.
 - ``resend`` (at least once): the event carries ``policy: "resend"`` and the mail is
-  claimed again (``attempt`` + 1, ``resend`` true in the ledger) and sent from the
-  envelope and MIME the ledger keeps until a mail's fate is known. The recipient may get
-  it twice; nothing is lost. After ``max_attempts`` claims a mail is held instead.
+  claimed again (``attempt`` + 1, ``resend`` true in the ledger) and sent once more. The
+  recipient may get it twice; nothing is lost. After ``max_attempts`` claims a mail is
+  held instead.
+
+Parcels (envelope and MIME). The ledger does not store a mail's parcel when it is
+consumed: most mails are sent at once and never need it again, and ~10 KB a mail is
+most of what the ledger would write. A parcel is stored when the mail must go later:
+``deferred`` (a retry) and ``ambiguous`` under ``resend`` when the doubt arises in this
+process. The mails of a process killed mid-send are not lost either way: their batch's
+offsets were not committed, so their records come back, parcels included, to whichever
+process consumes the partition next, which applies the policy and resends from the
+record (the recovery loop resends only what the ledger holds a parcel for).
 
 Failures. A 4xx reply or a connection failure (nothing handed over) records the mail
-``deferred`` with its next attempt after an exponential back-off with jitter; the retry
-loop claims it again when due (the ledger keeps envelope and MIME until the fate is
-known), so a retry never holds up the partition. Past ``retry_max_age`` it is
+``deferred`` with its next attempt after an exponential back-off with jitter (and its
+parcel); the retry loop claims it again when due, so a retry never holds up the
+partition. Past ``retry_max_age`` it is
 ``failed`` (``bounce: soft``). A 5xx reply is ``failed`` at once; a hard bounce (5.1.x,
 or 550/551/553 naming an unknown mailbox) also suppresses the address. The enhanced
 status code (``dsn``) and the reply text, addresses redacted, are kept.
@@ -245,7 +254,7 @@ class Deliverer:
             results = await self._send_window(sending, parcels, traces)
             outcomes = [(c, o) for c, o in results if isinstance(o, Outcome)]
             recorded = await self._retrying(
-                lambda: self._ledger.finish_many(outcomes, self._now(), traces)
+                lambda: self._ledger.finish_many(outcomes, self._now(), traces, parcels)
             )
             self._observe(recorded)
             lost = {c.message_id for c, _ in outcomes} - {d.message_id for d in recorded}
@@ -260,11 +269,12 @@ class Deliverer:
         # The rare paths one by one: handovers of unknown outcome, and mails this window
         # could not claim (redelivered, being sent elsewhere, ambiguous under resend).
         for claimed_row, reply in unknown:
+            parcel = parcels.get(claimed_row.message_id)
             marked = await self._retrying(
-                functools.partial(self._declare_ambiguous, claimed_row, reply.text)
+                functools.partial(self._declare_ambiguous, claimed_row, reply.text, parcel)
             )
             if marked is not None and marked.policy == "resend":
-                await self._drive(marked.message_id, None, wait=False)
+                await self._drive(marked.message_id, parcel, wait=False)
         taken = {c.message_id for c in claimed}
         others = [m for m in message_ids if m not in taken]
         if others and wait:
@@ -402,7 +412,11 @@ class Deliverer:
                 continue
             resolved += 1
             if marked.policy == "resend":
-                await self._drive(marked.message_id, None, wait=False)
+                parcel = await self._ledger.parcel(marked.message_id)
+                # Without a stored parcel, the mail's Kafka record (never committed, since
+                # its fate was not recorded) brings it back to whoever consumes it.
+                if parcel is not None:
+                    await self._drive(marked.message_id, parcel, wait=False)
         return resolved
 
     async def _drive(self, message_id: str, parcel: Parcel | None, *, wait: bool) -> Delivery:
@@ -457,9 +471,11 @@ class Deliverer:
             return bool(self._in_hand[row.message_id])
         return await self._ledger.owner_alive(row.owner)
 
-    async def _declare_ambiguous(self, stuck: Delivery, reason: str | None) -> Delivery | None:
+    async def _declare_ambiguous(
+        self, stuck: Delivery, reason: str | None, parcel: Parcel | None = None
+    ) -> Delivery | None:
         policy: Policy = self.policy if stuck.attempt < self._max_attempts else "hold"
-        marked = await self._ledger.mark_ambiguous(stuck, policy, reason, self._clock.now())
+        marked = await self._ledger.mark_ambiguous(stuck, policy, reason, self._clock.now(), parcel)
         if marked is not None:
             metrics.AMBIGUOUS.labels(policy).inc()
             log.warning(
@@ -479,21 +495,27 @@ class Deliverer:
         if claimed.state == "suppressed":
             metrics.SUPPRESSED.labels(claimed.reason or "unknown").inc()
             return claimed
-        if parcel is None or claimed.resend:
+        if parcel is None:
             parcel = await self._ledger.parcel(claimed.message_id)
         if parcel is None:
             # The ledger keeps the parcel until the fate is known; erasure may have taken it.
             return await self._record(claimed, Outcome("failed", None, "parcel no longer stored"))
         result = await self._send_one(claimed, parcel)
         if isinstance(result, Reply):
-            marked = await self._retrying(lambda: self._declare_ambiguous(claimed, result.text))
+            marked = await self._retrying(
+                lambda: self._declare_ambiguous(claimed, result.text, parcel)
+            )
             if marked is None:
                 return await self._lost_claim(claimed)
             return marked
-        return await self._record(claimed, result)
+        return await self._record(claimed, result, parcel)
 
-    async def _record(self, claimed: Delivery, outcome: Outcome) -> Delivery:
-        done = await self._retrying(lambda: self._ledger.finish(claimed, outcome, self._now()))
+    async def _record(
+        self, claimed: Delivery, outcome: Outcome, parcel: Parcel | None = None
+    ) -> Delivery:
+        done = await self._retrying(
+            lambda: self._ledger.finish(claimed, outcome, self._now(), parcel)
+        )
         if done is None:
             return await self._lost_claim(claimed)
         self._observe([done])
