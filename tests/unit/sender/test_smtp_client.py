@@ -1,10 +1,17 @@
 """The SMTP client against a scripted server on a real socket: pipelining, refusals, reuse."""
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiosmtpd.smtp import SMTP, AuthResult
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from stepmail_sender.smtp import SmtpTransport, Verdict, data_payload, parse_smtp_url
 
@@ -175,3 +182,82 @@ async def test_an_address_that_would_inject_commands_is_refused_before_any_io() 
 )
 def test_data_payload_line_ends_and_dot_stuffing(message: bytes, payload: bytes) -> None:
     assert data_payload(message) == payload
+
+
+def self_signed_context(tmp_path) -> ssl.SSLContext:
+    """A server TLS context with a throwaway self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+async def test_starttls_and_auth_before_the_mail(tmp_path) -> None:
+    seen: dict[str, object] = {}
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook
+            seen["tls"] = session.ssl is not None
+            seen["login"] = session.auth_data if session.authenticated else None
+            return "250 2.0.0 Ok: queued"
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        ok = (auth_data.login, auth_data.password) == (b"user@x", b"p:ss")
+        if ok:
+            return AuthResult(success=True, auth_data=auth_data.login)
+        return AuthResult(success=False, handled=False)
+
+    context = self_signed_context(tmp_path)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            Handler(),
+            hostname="smtp.test",
+            tls_context=context,
+            require_starttls=True,
+            auth_required=True,
+            authenticator=authenticator,
+            auth_require_tls=True,
+        ),
+        "127.0.0.1",
+        0,
+    )
+    port = server.sockets[0].getsockname()[1]
+    url = f"smtp://user%40x:p%3Ass@127.0.0.1:{port}?starttls=true&verify=false"
+    transport = SmtpTransport(parse_smtp_url(url), timeout=5)
+    wrong = SmtpTransport(
+        parse_smtp_url(f"smtp://user%40x:nope@127.0.0.1:{port}?starttls=true&verify=false"),
+        timeout=5,
+    )
+    try:
+        reply = await transport.send("news@example.com", "a@example.org", MESSAGE)
+        refused = await wrong.send("news@example.com", "a@example.org", MESSAGE)
+    finally:
+        await transport.close()
+        await wrong.close()
+        server.close()
+        await server.wait_closed()
+    assert reply.verdict is Verdict.ACCEPTED, reply
+    assert seen == {"tls": True, "login": b"user@x"}
+    assert (refused.verdict, refused.code) == (Verdict.CONNECTION, 535), refused

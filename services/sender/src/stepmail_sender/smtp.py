@@ -276,8 +276,14 @@ class SmtpTransport:
         if self._local_hostname is None:
             # getfqdn may ask DNS: off the event loop, once.
             self._local_hostname = await asyncio.to_thread(socket.getfqdn)
-        writer.write(f"EHLO {self._local_hostname}\r\n".encode("ascii", "replace"))
+        hostname = self._local_hostname.encode("ascii", "replace")
+        writer.write(b"EHLO " + hostname + b"\r\n")
         code, text = await _read_reply(reader)
+        if code in (500, 502):
+            # A server that knows no ESMTP: plain HELO, no extensions.
+            writer.write(b"HELO " + hostname + b"\r\n")
+            code, text = await _read_reply(reader)
+            text = text.split("\n", 1)[0]
         if code != 250:
             raise SessionRefusedError(code, text)
         offered = (line.partition(" ") for line in text.split("\n")[1:])
@@ -289,7 +295,6 @@ class SmtpTransport:
             target.host,
             target.port,
             ssl=self._tls_context() if target.implicit_tls else None,
-            limit=2**16,
         )
         try:
             code, text = await _read_reply(reader)
