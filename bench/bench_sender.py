@@ -11,11 +11,17 @@ timestamps: ``sustained`` is the rate between the 10th and 90th percentile of
 ``finished_at`` (start-up and the group's first rebalance left out), ``overall`` is all
 mails over first claim to last outcome. ``smtp-source`` (Postfix) drives the same sink at
 its maximum (32 sessions, persistent connections) in the same run, for the ratio.
+
+The machine is shared, so each run also reports the sender processes' CPU seconds per
+1,000 mails (``/proc/<pid>/stat``, sampled while the ledger fills, over the same 10th to
+90th percentile) and the load average at its start and end. ``BENCH_SENDER_PYSPY=<path>``
+records each sender with py-spy (speedscope) during its run.
 """
 
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -107,6 +113,35 @@ def _mime_template() -> str:
     return msg.as_string()
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def _count_sent(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('sender.deliveries') IS NOT NULL"):
+            return 0
+        sent: int = await conn.fetchval(
+            "SELECT count(*) FROM sender.deliveries WHERE state = 'sent'"
+        )
+        return sent
+    finally:
+        await conn.close()
+
+
 async def _ledger(database_url: str) -> tuple[int, list[float], float | None]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -164,6 +199,8 @@ def _run_sender(
         **extra,
     }
     senders = []
+    load_before = _load()
+    samples: list[tuple[int, float]] = []
     with ExitStack() as stack:
         print(f"[{name}] {processes} sender process(es) draining ...", flush=True)
         for n in range(processes):
@@ -183,26 +220,57 @@ def _run_sender(
             sender.start()
             stack.callback(sender.terminate, 15)
             senders.append(sender)
+            if os.environ.get("BENCH_SENDER_PYSPY"):
+                out = f"{os.environ['BENCH_SENDER_PYSPY']}.{name}{n}.json"
+                spy = subprocess.Popen(  # noqa: S603 - own argv
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        *("record", "--format", "speedscope", "--nonblocking", "-o", out),
+                        *("--pid", str(sender.pid)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                # py-spy writes its profile when interrupted, before the sender stops.
+                stack.callback(spy.wait, 60)
+                stack.callback(spy.send_signal, signal.SIGINT)
         deadline = time.monotonic() + max(120.0, count / 100)
         while True:
-            sent, times, first = asyncio.run(_ledger(db_url))
+            sent = asyncio.run(_count_sent(db_url))
+            samples.append((sent, sum(_cpu_seconds(s.pid) for s in senders)))
             if sent >= count:
                 break
             for sender in senders:
                 sender.ensure_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"[{name}] only {sent} of {count} sent before the deadline")
-            time.sleep(1.0)
+            time.sleep(0.25)
+        sent, times, first = asyncio.run(_ledger(db_url))
+    load_after = _load()
+    inside = [s for s in samples if 0.1 * count <= s[0] <= 0.9 * count]
+    cpu_per_1000 = (
+        1000 * (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        if len(inside) >= 2 and inside[-1][0] > inside[0][0]
+        else None
+    )
     lo, hi = times[int(0.1 * count)], times[int(0.9 * count) - 1]
     sustained = 0.8 * count / max(hi - lo, 1e-6)
     overall = count / max(times[-1] - (first or times[0]), 1e-6)
-    print(f"[{name}] sustained {sustained:,.0f}/s, overall {overall:,.0f}/s", flush=True)
+    cpu_text = f"{cpu_per_1000:.2f}" if cpu_per_1000 is not None else "n/a"
+    print(
+        f"[{name}] sustained {sustained:,.0f}/s, overall {overall:,.0f}/s,"
+        f" sender CPU {cpu_text} s per 1,000 mails, load {load_before} -> {load_after}",
+        flush=True,
+    )
     return {
         "processes": processes,
         "mails": count,
         "mean_mime_bytes": round(size),
         "sustained_per_second": round(sustained),
         "overall_per_second": round(overall),
+        "sender_cpu_seconds_per_1000": round(cpu_per_1000, 3) if cpu_per_1000 else None,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
 
 
@@ -291,7 +359,10 @@ def main() -> dict[str, Any]:
 
     source = figures["smtp_source"]
     print()
-    print(f"{'run':30} {'sustained/s':>12} {'overall/s':>10} {'goal/s':>8} {'vs smtp-source':>15}")
+    print(
+        f"{'run':30} {'sustained/s':>12} {'overall/s':>10} {'goal/s':>8} {'vs smtp-source':>15}"
+        f" {'CPU s/1k':>9}  load before -> after"
+    )
     for name in chosen:
         run = figures[name]
         ratio = (
@@ -302,7 +373,8 @@ def main() -> dict[str, Any]:
         run["ratio_to_smtp_source"] = ratio
         print(
             f"{LABELS[name]:30} {run['sustained_per_second']:>12,} {run['overall_per_second']:>10,}"
-            f" {GOALS[name]:>8,} {ratio:>15}"
+            f" {GOALS[name]:>8,} {ratio:>15} {run['sender_cpu_seconds_per_1000'] or 0:>9.2f}"
+            f"  {run['load_average_before']} -> {run['load_average_after']}"
         )
     if isinstance(source, dict):
         print(f"{'smtp-source (postfix)':30} {source['per_second']:>12,}")

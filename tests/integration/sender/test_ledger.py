@@ -218,6 +218,39 @@ async def test_dead_owner_under_resend_is_sent_once_more(
     ]
 
 
+async def test_a_consumed_mail_leaves_no_parcel_in_the_ledger_unless_it_must_wait(
+    make_deliverer, smtp_server, sender_pool
+):
+    smtp_server.rcpt_script["later@example.org"] = ["451 4.7.1 try again"]
+    deliverer = await make_deliverer()
+    await deliverer.handle_many(
+        [rendered("m-now"), rendered("m-later", rcpt_to="later@example.org")]
+    )
+    stored = await sender_pool.fetch("SELECT message_id, state, mail FROM deliveries")
+    by_id = {r["message_id"]: r for r in stored}
+    assert (by_id["m-now"]["state"], by_id["m-now"]["mail"]) == ("sent", None)
+    assert by_id["m-later"]["state"] == "deferred"
+    assert by_id["m-later"]["mail"]["rcpt_to"] == "later@example.org"
+
+
+async def test_a_dead_owners_first_attempt_under_resend_is_resent_from_its_record(
+    database_url, make_deliverer, smtp_server, sender_pool
+):
+    conn, _ = await claim_as_another_process(database_url, sender_pool, "m-dead-rec", DEAD_OWNER)
+    # As the ledger has it after a consumed mail's claim: no parcel stored.
+    await sender_pool.execute("UPDATE deliveries SET mail = NULL WHERE message_id = 'm-dead-rec'")
+    await conn.close()
+    deliverer = await make_deliverer(policy="resend")
+    assert await deliverer.recover() == 1
+    row = await deliverer._ledger.get("m-dead-rec")
+    assert (row.state, row.policy) == ("ambiguous", "resend")
+    assert smtp_server.count("m-dead-rec") == 0
+    await deliverer.handle_many([rendered("m-dead-rec")])
+    row = await deliverer._ledger.get("m-dead-rec")
+    assert (row.state, row.attempt, row.resend) == ("sent", 2, True)
+    assert smtp_server.count("m-dead-rec") == 1
+
+
 async def test_redelivered_mail_of_a_dead_owner_is_resolved_by_the_handler(
     database_url, make_deliverer, smtp_server, sender_pool
 ):

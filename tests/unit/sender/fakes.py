@@ -38,7 +38,6 @@ class FakeLedger:
             claimed_at=None,
             finished_at=None,
         )
-        self.stored[mail.message_id] = mail.parcel
         return True
 
     def _set(self, row: Delivery, **changes) -> Delivery:
@@ -56,8 +55,8 @@ class FakeLedger:
         claimed = [await self.claim(m, owner, at) for m in message_ids]
         return [c for c in claimed if c is not None]
 
-    async def finish_many(self, done, at: datetime, traces=None) -> list[Delivery]:
-        finished = [await self.finish(c, o, at) for c, o in done]
+    async def finish_many(self, done, at: datetime, traces=None, parcels=None) -> list[Delivery]:
+        finished = [await self.finish(c, o, at, (parcels or {}).get(c.message_id)) for c, o in done]
         return [f for f in finished if f is not None]
 
     async def parcels(self, message_ids) -> dict[str, Parcel]:
@@ -92,12 +91,14 @@ class FakeLedger:
         same = (row.state, row.owner, row.attempt) == ("sending", claimed.owner, claimed.attempt)
         return row if same else None
 
-    async def finish(self, claimed, outcome, at) -> Delivery | None:
+    async def finish(self, claimed, outcome, at, parcel=None) -> Delivery | None:
         row = self._holds(claimed)
         if row is None:
             return None
         if outcome.state != "deferred":
             self.stored.pop(claimed.message_id, None)
+        elif parcel is not None:
+            self.stored.setdefault(claimed.message_id, parcel)
         return self._set(
             row,
             state=outcome.state,
@@ -109,12 +110,14 @@ class FakeLedger:
             finished_at=None if outcome.state == "deferred" else at,
         )
 
-    async def mark_ambiguous(self, stuck, policy, smtp_response, at) -> Delivery | None:
+    async def mark_ambiguous(self, stuck, policy, smtp_response, at, parcel=None):
         row = self._holds(stuck)
         if row is None:
             return None
         if policy == "hold":
             self.stored.pop(stuck.message_id, None)
+        elif parcel is not None:
+            self.stored.setdefault(stuck.message_id, parcel)
         return self._set(row, state="ambiguous", policy=policy, smtp_response=smtp_response)
 
     async def get(self, message_id: str) -> Delivery | None:

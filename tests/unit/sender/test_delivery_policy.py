@@ -158,11 +158,45 @@ async def dead_claim(ledger: FakeLedger, owner: int = OTHER):
 async def test_recovery_applies_the_policy(policy, sends, state):
     ledger, smtp = FakeLedger(), FakeTransport()
     await dead_claim(ledger)
+    ledger.stored["msg-1"] = a_mail().parcel  # e.g. a retry: the ledger kept the parcel
     assert await deliverer(ledger, smtp, policy=policy).recover() == 1
     assert ledger.rows["msg-1"].state == state
     assert len(smtp.sent) == sends
     ambiguous = [e for e in ledger.events if e.state == "ambiguous"]
     assert [(e.policy, e.attempt) for e in ambiguous] == [(policy, 1)]
+
+
+async def test_under_resend_a_dead_owners_first_attempt_is_resent_from_its_redelivery():
+    ledger, smtp = FakeLedger(), FakeTransport()
+    await dead_claim(ledger)
+    d = deliverer(ledger, smtp, policy="resend")
+    # No parcel in the ledger: recovery reports the mail and leaves it to its record...
+    assert await d.recover() == 1
+    assert (ledger.rows["msg-1"].state, ledger.rows["msg-1"].policy) == ("ambiguous", "resend")
+    assert smtp.sent == []
+    # ...which comes back, never committed, and is sent once more from the record.
+    await d.handle_many([a_mail()])
+    row = ledger.rows["msg-1"]
+    assert (row.state, row.attempt, row.resend) == ("sent", 2, True)
+    assert len(smtp.sent) == 1
+
+
+async def test_a_mail_sent_at_once_leaves_no_parcel_and_a_deferred_one_keeps_it():
+    ledger = FakeLedger()
+    smtp = FakeTransport(reply_of(451, "4.7.1 try later"))
+    await deliverer(ledger, smtp).handle_many([a_mail("msg-1"), a_mail("msg-2", "contact-2")])
+    states = {m: r.state for m, r in ledger.rows.items()}
+    assert sorted(states.values()) == ["deferred", "sent"]
+    deferred = next(m for m, state in states.items() if state == "deferred")
+    assert set(ledger.stored) == {deferred}
+
+
+async def test_unknown_outcome_under_resend_keeps_the_parcel_in_hand():
+    ledger = FakeLedger()
+    smtp = FakeTransport(data_broken())
+    done = await deliverer(ledger, smtp, policy="resend").handle(a_mail())
+    assert (done.state, done.attempt, done.resend) == ("sent", 2, True)
+    assert len(smtp.sent) == 2
 
 
 async def test_redelivery_of_a_dead_owners_mail_is_resolved_by_the_handler():

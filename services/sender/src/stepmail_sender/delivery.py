@@ -20,14 +20,23 @@ and ``stepmail_sender_ambiguous_total{policy}`` counts it. Then
 - ``hold`` (default, at most once): the mail stays ``ambiguous`` and is never sent
   again by stepmail; the event carries ``policy: "hold"`` so someone can look.
 - ``resend`` (at least once): the event carries ``policy: "resend"`` and the mail is
-  claimed again (``attempt`` + 1, ``resend`` true in the ledger) and sent from the
-  envelope and MIME the ledger keeps until a mail's fate is known. The recipient may get
-  it twice; nothing is lost. After ``max_attempts`` claims a mail is held instead.
+  claimed again (``attempt`` + 1, ``resend`` true in the ledger) and sent once more. The
+  recipient may get it twice; nothing is lost. After ``max_attempts`` claims a mail is
+  held instead.
+
+Parcels (envelope and MIME). The ledger does not store a mail's parcel when it is
+consumed: most mails are sent at once and never need it again, and ~10 KB a mail is
+most of what the ledger would write. A parcel is stored when the mail must go later:
+``deferred`` (a retry) and ``ambiguous`` under ``resend`` when the doubt arises in this
+process. The mails of a process killed mid-send are not lost either way: their batch's
+offsets were not committed, so their records come back, parcels included, to whichever
+process consumes the partition next, which applies the policy and resends from the
+record (the recovery loop resends only what the ledger holds a parcel for).
 
 Failures. A 4xx reply or a connection failure (nothing handed over) records the mail
-``deferred`` with its next attempt after an exponential back-off with jitter; the retry
-loop claims it again when due (the ledger keeps envelope and MIME until the fate is
-known), so a retry never holds up the partition. Past ``retry_max_age`` it is
+``deferred`` with its next attempt after an exponential back-off with jitter (and its
+parcel); the retry loop claims it again when due, so a retry never holds up the
+partition. Past ``retry_max_age`` it is
 ``failed`` (``bounce: soft``). A 5xx reply is ``failed`` at once; a hard bounce (5.1.x,
 or 550/551/553 naming an unknown mailbox) also suppresses the address. The enhanced
 status code (``dsn``) and the reply text, addresses redacted, are kept.
@@ -150,6 +159,9 @@ class Deliverer:
         self.policy: Policy = policy
         self._retry = retry or RetryPolicy()
         self._window = max(1, window)
+        # Up to four slices in flight, of at least eight mails each (fewer, larger
+        # statements beat more overlap on small windows).
+        self._slice = -(-self._window // max(1, min(4, self._window // 8)))
         self._signer = signer
         self._tagger = tagger
         self._throttle = throttle
@@ -166,22 +178,39 @@ class Deliverer:
         return await self._drive(mail.message_id, mail.parcel, wait=True)
 
     async def handle_many(self, mails: Sequence[RenderedMail]) -> None:
-        """Deliver a consumed batch; returns once every mail's fate is in the ledger."""
+        """Deliver a consumed batch; returns once every mail's fate is in the ledger.
+
+        The batch goes in slices that overlap: while one slice is on the SMTP
+        connections, the next is recorded and claimed, so neither the database nor the
+        connections wait for the other. The slices in flight hold at most ``window``
+        mails together, which stays the most a SIGKILL can leave ambiguous.
+        """
         unique: dict[str, RenderedMail] = {}
         for mail in mails:
             unique.setdefault(mail.message_id, mail)
-        if not unique:
-            return
-        await self._retrying(lambda: self._ledger.accept_many(list(unique.values()), self._now()))
         pending = list(unique.values())
-        for start in range(0, len(pending), self._window):
-            chunk = pending[start : start + self._window]
-            await self._deliver_window(
-                [m.message_id for m in chunk],
-                {m.message_id: m.parcel for m in chunk},
-                wait=True,
-                traces={m.message_id: m.trace for m in chunk if m.trace},
-            )
+        size = self._slice
+        gate = asyncio.Semaphore(self._window // size)
+
+        async def deliver(chunk: list[RenderedMail]) -> None:
+            async with gate:
+                await self._retrying(lambda: self._ledger.accept_many(chunk, self._now()))
+                await self._deliver_window(
+                    [m.message_id for m in chunk],
+                    {m.message_id: m.parcel for m in chunk},
+                    wait=True,
+                    traces={m.message_id: m.trace for m in chunk if m.trace},
+                )
+
+        # Every slice runs to its end (none is cancelled half-way through a handover);
+        # then the first failure, if any, is the batch's.
+        results = await asyncio.gather(
+            *(deliver(pending[i : i + size]) for i in range(0, len(pending), size)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def retry_due(self, limit: int = 200) -> int:
         """Claim and send deferred mails whose time has come; returns how many were due."""
@@ -225,7 +254,7 @@ class Deliverer:
             results = await self._send_window(sending, parcels, traces)
             outcomes = [(c, o) for c, o in results if isinstance(o, Outcome)]
             recorded = await self._retrying(
-                lambda: self._ledger.finish_many(outcomes, self._now(), traces)
+                lambda: self._ledger.finish_many(outcomes, self._now(), traces, parcels)
             )
             self._observe(recorded)
             lost = {c.message_id for c, _ in outcomes} - {d.message_id for d in recorded}
@@ -240,11 +269,12 @@ class Deliverer:
         # The rare paths one by one: handovers of unknown outcome, and mails this window
         # could not claim (redelivered, being sent elsewhere, ambiguous under resend).
         for claimed_row, reply in unknown:
+            parcel = parcels.get(claimed_row.message_id)
             marked = await self._retrying(
-                functools.partial(self._declare_ambiguous, claimed_row, reply.text)
+                functools.partial(self._declare_ambiguous, claimed_row, reply.text, parcel)
             )
             if marked is not None and marked.policy == "resend":
-                await self._drive(marked.message_id, None, wait=False)
+                await self._drive(marked.message_id, parcel, wait=False)
         taken = {c.message_id for c in claimed}
         others = [m for m in message_ids if m not in taken]
         if others and wait:
@@ -313,7 +343,9 @@ class Deliverer:
         try:
             message = parcel.message_bytes()
             if self._signer is not None:
-                message = self._signer(message)
+                # RSA signing takes most of a millisecond and OpenSSL lets go of the GIL
+                # meanwhile: in a thread, the event loop keeps the other mails moving.
+                message = await asyncio.to_thread(self._signer, message)
             if self._tagger is not None:
                 # After signing: an ESP strips its own header, which must not be signed.
                 message = self._tagger(claimed) + message
@@ -380,7 +412,11 @@ class Deliverer:
                 continue
             resolved += 1
             if marked.policy == "resend":
-                await self._drive(marked.message_id, None, wait=False)
+                parcel = await self._ledger.parcel(marked.message_id)
+                # Without a stored parcel, the mail's Kafka record (never committed, since
+                # its fate was not recorded) brings it back to whoever consumes it.
+                if parcel is not None:
+                    await self._drive(marked.message_id, parcel, wait=False)
         return resolved
 
     async def _drive(self, message_id: str, parcel: Parcel | None, *, wait: bool) -> Delivery:
@@ -435,9 +471,11 @@ class Deliverer:
             return bool(self._in_hand[row.message_id])
         return await self._ledger.owner_alive(row.owner)
 
-    async def _declare_ambiguous(self, stuck: Delivery, reason: str | None) -> Delivery | None:
+    async def _declare_ambiguous(
+        self, stuck: Delivery, reason: str | None, parcel: Parcel | None = None
+    ) -> Delivery | None:
         policy: Policy = self.policy if stuck.attempt < self._max_attempts else "hold"
-        marked = await self._ledger.mark_ambiguous(stuck, policy, reason, self._clock.now())
+        marked = await self._ledger.mark_ambiguous(stuck, policy, reason, self._clock.now(), parcel)
         if marked is not None:
             metrics.AMBIGUOUS.labels(policy).inc()
             log.warning(
@@ -457,21 +495,27 @@ class Deliverer:
         if claimed.state == "suppressed":
             metrics.SUPPRESSED.labels(claimed.reason or "unknown").inc()
             return claimed
-        if parcel is None or claimed.resend:
+        if parcel is None:
             parcel = await self._ledger.parcel(claimed.message_id)
         if parcel is None:
             # The ledger keeps the parcel until the fate is known; erasure may have taken it.
             return await self._record(claimed, Outcome("failed", None, "parcel no longer stored"))
         result = await self._send_one(claimed, parcel)
         if isinstance(result, Reply):
-            marked = await self._retrying(lambda: self._declare_ambiguous(claimed, result.text))
+            marked = await self._retrying(
+                lambda: self._declare_ambiguous(claimed, result.text, parcel)
+            )
             if marked is None:
                 return await self._lost_claim(claimed)
             return marked
-        return await self._record(claimed, result)
+        return await self._record(claimed, result, parcel)
 
-    async def _record(self, claimed: Delivery, outcome: Outcome) -> Delivery:
-        done = await self._retrying(lambda: self._ledger.finish(claimed, outcome, self._now()))
+    async def _record(
+        self, claimed: Delivery, outcome: Outcome, parcel: Parcel | None = None
+    ) -> Delivery:
+        done = await self._retrying(
+            lambda: self._ledger.finish(claimed, outcome, self._now(), parcel)
+        )
         if done is None:
             return await self._lost_claim(claimed)
         self._observe([done])

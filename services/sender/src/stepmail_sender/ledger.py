@@ -147,12 +147,16 @@ class Ledger:
         done: Sequence[tuple[Delivery, Outcome]],
         at: datetime,
         traces: Mapping[str, dict[str, str]] | None = None,
+        parcels: Mapping[str, Parcel] | None = None,
     ) -> list[Delivery]:
-        """Record outcomes; hard bounces suppress the address in the same transaction."""
+        """Record outcomes; hard bounces suppress the address in the same transaction.
+
+        ``parcels`` are the mails in hand: a deferred one is stored to be sent later.
+        """
         if not done:
             return []
         async with self._pool.acquire() as conn, conn.transaction():
-            finished = await repository.finish_many(conn, done, at)
+            finished = await repository.finish_many(conn, done, at, parcels)
             await self._with_events(finished, conn, at, traces)
             hard = {d.message_id for d in finished if d.bounce == "hard"}
             for claimed, _ in done:
@@ -208,15 +212,23 @@ class Ledger:
         self._wake_relay(claimed)
         return claimed
 
-    async def finish(self, claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery | None:
-        done = await self.finish_many([(claimed, outcome)], at)
+    async def finish(
+        self, claimed: Delivery, outcome: Outcome, at: datetime, parcel: Parcel | None = None
+    ) -> Delivery | None:
+        parcels = {claimed.message_id: parcel} if parcel is not None else None
+        done = await self.finish_many([(claimed, outcome)], at, parcels=parcels)
         return done[0] if done else None
 
     async def mark_ambiguous(
-        self, stuck: Delivery, policy: Policy, smtp_response: str | None, at: datetime
+        self,
+        stuck: Delivery,
+        policy: Policy,
+        smtp_response: str | None,
+        at: datetime,
+        parcel: Parcel | None = None,
     ) -> Delivery | None:
         async with self._pool.acquire() as conn, conn.transaction():
-            marked = await repository.mark_ambiguous(conn, stuck, policy, smtp_response, at)
+            marked = await repository.mark_ambiguous(conn, stuck, policy, smtp_response, at, parcel)
             await self._with_event(marked, conn, at)
         self._wake_relay(marked)
         return marked

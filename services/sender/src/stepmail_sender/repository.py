@@ -5,9 +5,9 @@ row in ``sending``, on its owner and attempt), so two processes can never both m
 same row: the loser's update matches nothing.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -55,14 +55,19 @@ def _delivery(row: asyncpg.Record) -> Delivery:
 async def insert_many(
     conn: Conn, mails: Sequence[RenderedMail], hashes: Sequence[str], at: datetime
 ) -> int:
-    """Record mails as ``accepted`` unless their message id is known; returns how many were new."""
+    """Record mails as ``accepted`` unless their message id is known; returns how many were new.
+
+    The MIME is not stored here: a mail sent at once never needs it again. It is stored
+    when a mail has to be sent later (``deferred``, or ``ambiguous`` under ``resend``);
+    the mails of a process killed mid-send come back with their uncommitted records.
+    """
     status: str = await conn.execute(
         "INSERT INTO deliveries (message_id, contact_id, enrollment_id, scenario_id,"
-        " scenario_version, step_id, step_index, mail_kind, mail, rcpt_hash, rcpt_domain,"
+        " scenario_version, step_id, step_index, mail_kind, rcpt_hash, rcpt_domain,"
         " topic, created_at, updated_at)"
-        " SELECT m.*, $13::timestamptz, $13::timestamptz FROM unnest($1::text[], $2::text[],"
-        " $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::text[], $9::jsonb[],"
-        " $10::text[], $11::text[], $12::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
+        " SELECT m.*, $12::timestamptz, $12::timestamptz FROM unnest($1::text[], $2::text[],"
+        " $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::text[], $9::text[],"
+        " $10::text[], $11::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
         [m.message_id for m in mails],
         [m.contact_id for m in mails],
         [m.enrollment_id for m in mails],
@@ -71,7 +76,6 @@ async def insert_many(
         [m.step_id for m in mails],
         [m.step_index for m in mails],
         [m.mail_kind for m in mails],
-        [m.parcel.to_json() for m in mails],
         list(hashes),
         [m.parcel.rcpt_domain for m in mails],
         [m.topic for m in mails],
@@ -115,24 +119,33 @@ async def claim(conn: Conn, message_id: str, owner: int, at: datetime) -> Delive
 
 
 async def finish_many(
-    conn: Conn, done: Sequence[tuple[Delivery, Outcome]], at: datetime
+    conn: Conn,
+    done: Sequence[tuple[Delivery, Outcome]],
+    at: datetime,
+    parcels: Mapping[str, Parcel] | None = None,
 ) -> list[Delivery]:
     """Record the answers of claimed attempts; a claim lost meanwhile is left out.
 
-    The parcel is kept while the mail is ``deferred`` (it is sent again) and dropped
-    once the fate is known.
+    A ``deferred`` mail is sent again later: its parcel (from ``parcels``, unless the
+    ledger holds it already) is stored. Once the fate is known, it is dropped.
     """
     if not done:
         return []
+    parcels = parcels or {}
+
+    def kept(claimed: Delivery, outcome: Outcome) -> dict[str, Any] | None:
+        parcel = parcels.get(claimed.message_id) if outcome.state == "deferred" else None
+        return None if parcel is None else parcel.to_json()
+
     rows = await conn.fetch(
         "UPDATE deliveries d SET state = v.state, smtp_code = v.code,"  # noqa: S608 - constant columns
         " smtp_response = v.text, bounce = v.bounce, dsn = v.dsn,"
         " next_attempt_at = v.next_at, updated_at = $9::timestamptz,"
         " finished_at = CASE WHEN v.state = 'deferred' THEN NULL ELSE $9::timestamptz END,"
-        " mail = CASE WHEN v.state = 'deferred' THEN d.mail END"
+        " mail = CASE WHEN v.state = 'deferred' THEN COALESCE(d.mail, v.mail) END"
         " FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[],"
-        " $7::text[], $8::timestamptz[]) AS v(message_id, attempt, state, code, text, bounce,"
-        " dsn, next_at)"
+        " $7::text[], $8::timestamptz[], $11::jsonb[]) AS v(message_id, attempt, state, code,"
+        " text, bounce, dsn, next_at, mail)"
         " WHERE d.message_id = v.message_id AND d.state = 'sending' AND d.owner = $10"
         f" AND d.attempt = v.attempt RETURNING {_D_COLUMNS}",
         [c.message_id for c, _ in done],
@@ -145,6 +158,7 @@ async def finish_many(
         [o.next_attempt_at for _, o in done],
         at,
         done[0][0].owner,
+        [kept(c, o) for c, o in done],
     )
     return [_delivery(r) for r in rows]
 
@@ -155,13 +169,15 @@ async def mark_ambiguous(
     policy: Policy,
     smtp_response: str | None,
     at: datetime,
+    parcel: Parcel | None = None,
 ) -> Delivery | None:
-    """Turn an attempt whose fate is unknown into ``ambiguous``; keep the parcel to resend."""
+    """Turn an attempt whose fate is unknown into ``ambiguous``; under ``resend``, keep the
+    parcel (the one given, when the ledger holds none) to send it again."""
     row = await conn.fetchrow(
         "UPDATE deliveries SET state = 'ambiguous', policy = $4::text, smtp_code = NULL,"  # noqa: S608 - constant columns
         " smtp_response = $5::text, updated_at = $6::timestamptz,"
         " finished_at = CASE WHEN $4::text = 'hold' THEN $6::timestamptz END,"
-        " mail = CASE WHEN $4::text = 'hold' THEN NULL ELSE mail END"
+        " mail = CASE WHEN $4::text = 'hold' THEN NULL ELSE COALESCE(mail, $7::jsonb) END"
         " WHERE message_id = $1 AND state = 'sending' AND owner = $2 AND attempt = $3"
         f" RETURNING {_COLUMNS}",
         stuck.message_id,
@@ -170,6 +186,7 @@ async def mark_ambiguous(
         policy,
         smtp_response,
         at,
+        None if parcel is None or policy == "hold" else parcel.to_json(),
     )
     return None if row is None else _delivery(row)
 

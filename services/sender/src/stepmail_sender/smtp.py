@@ -1,28 +1,32 @@
-"""SMTP delivery over one persistent connection, and what an answer means.
+"""SMTP delivery over persistent connections, and what an answer means.
 
 Every attempt ends in a ``Reply`` with a ``Verdict``: the mail was accepted, refused for
-now (4xx), refused for good (5xx), could not be handed over (connection, before DATA),
-or the connection broke while the message itself was in flight, after which nobody can
-tell whether the server kept it (``UNKNOWN``).
+now (4xx), refused for good (5xx), could not be handed over (connection, before the
+message itself was sent), or the connection broke while the message was in flight,
+after which nobody can tell whether the server kept it (``UNKNOWN``).
+
+The client speaks just the SMTP a sender needs (EHLO, STARTTLS or implicit TLS, AUTH
+PLAIN/LOGIN, MAIL, RCPT, DATA, RSET, QUIT). When the server offers ESMTP PIPELINING
+(RFC 2920), MAIL, RCPT and DATA go out in one write and their three replies are read
+together, so a mail takes two round trips instead of four.
 """
 
 import asyncio
+import base64
+import contextlib
 import enum
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import aiosmtplib
-
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _ADDRESS = re.compile(r"[^\s<>()\[\]\"',;:]+@[^\s<>()\[\]\"',;:]+")
 MAX_REPLY_TEXT = 1000
-_SESSION_REFUSED = (
-    aiosmtplib.SMTPConnectError,
-    aiosmtplib.SMTPAuthenticationError,
-    aiosmtplib.SMTPHeloError,
-)
+# Commands carry no control characters: a CR or LF in an address would inject commands.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class InvalidSmtpUrlError(ValueError):
@@ -151,6 +155,103 @@ def is_hard_bounce(code: int | None, text: str | None) -> bool:
     return code in (550, 551, 553) and bool(_MAILBOX_UNKNOWN.search(text or ""))
 
 
+class SmtpProtocolError(Exception):
+    """The server said something that is not an SMTP reply, or closed the connection."""
+
+
+class SessionRefusedError(Exception):
+    """The server refused the session (greeting, EHLO, STARTTLS or AUTH), not a mail."""
+
+    def __init__(self, code: int | None, text: str) -> None:
+        super().__init__(f"{code} {text}")
+        self.code = code
+        self.text = text
+
+
+_Failure = (OSError, TimeoutError, SmtpProtocolError)
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """One reply, its continuation lines (``250-...``) joined by newlines."""
+    lines: list[str] = []
+    while True:
+        line = await reader.readline()
+        if not line.endswith(b"\n"):
+            raise SmtpProtocolError("connection closed by the server")
+        try:
+            code = int(line[:3])
+        except ValueError:
+            raise SmtpProtocolError("malformed SMTP reply line") from None
+        lines.append(line[4:].strip().decode("utf-8", "replace"))
+        if line[3:4] != b"-":
+            return code, "\n".join(lines)
+
+
+def data_payload(message: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line ends, leading dots doubled, ``.``."""
+    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
+        b"\r\n"
+    ):
+        message = _BARE_LINE_END.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    message = message.replace(b"\r\n.", b"\r\n..")
+    if message.startswith(b"."):
+        message = b"." + message
+    return message + b".\r\n"
+
+
+def _command_address(address: str) -> bytes:
+    """``<address>`` for MAIL/RCPT; ``ValueError`` for what no SMTP command can carry."""
+    bare = address.strip().removeprefix("<").removesuffix(">")
+    if _CONTROL.search(bare):
+        raise ValueError("address contains control characters")
+    if not bare.isascii():
+        raise ValueError("address is not ASCII (SMTPUTF8 is not used)")
+    return b"<" + bare.encode("ascii") + b">"
+
+
+class _Session:
+    """One open SMTP connection, past EHLO (and STARTTLS and AUTH when configured)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, offered: dict[str, str]
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.pipelining = "PIPELINING" in offered
+
+    @property
+    def usable(self) -> bool:
+        return not (self.writer.is_closing() or self.reader.at_eof())
+
+    async def command(self, line: bytes) -> tuple[int, str]:
+        self.writer.write(line)
+        return await _read_reply(self.reader)
+
+    async def envelope(self, mail_from: bytes, rcpt_to: bytes) -> list[tuple[int, str]]:
+        """MAIL, RCPT and DATA: pipelined when offered, else one by one until one fails.
+
+        Returns the replies received, in order; the last one is the first failure or
+        DATA's ``354``. Nothing of the message has been sent yet.
+        """
+        commands = [b"MAIL FROM:" + mail_from + b"\r\n", b"RCPT TO:" + rcpt_to + b"\r\n"]
+        commands.append(b"DATA\r\n")
+        if self.pipelining:
+            self.writer.write(b"".join(commands))
+            return [await _read_reply(self.reader) for _ in commands]
+        replies = []
+        for expected, line in zip((250, 250, 354), commands, strict=True):
+            reply = await self.command(line)
+            replies.append(reply)
+            if reply[0] != expected and not (expected == 250 and 200 <= reply[0] < 300):
+                break
+        return replies
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class SmtpTransport:
     """One SMTP connection reused across mails, reopened when it breaks; one mail at a time."""
 
@@ -158,90 +259,181 @@ class SmtpTransport:
         self._target = target
         self._timeout = timeout
         self._lock = asyncio.Lock()
-        self._client: aiosmtplib.SMTP | None = None
+        self._session: _Session | None = None
+        self._local_hostname: str | None = None
 
-    def _new_client(self) -> aiosmtplib.SMTP:
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self._target.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _ehlo(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> dict[str, str]:
+        """Say EHLO; the extensions the server offers, keyword to parameters."""
+        if self._local_hostname is None:
+            # getfqdn may ask DNS: off the event loop, once.
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        hostname = self._local_hostname.encode("ascii", "replace")
+        writer.write(b"EHLO " + hostname + b"\r\n")
+        code, text = await _read_reply(reader)
+        if code in (500, 502):
+            # A server that knows no ESMTP: plain HELO, no extensions.
+            writer.write(b"HELO " + hostname + b"\r\n")
+            code, text = await _read_reply(reader)
+            text = text.split("\n", 1)[0]
+        if code != 250:
+            raise SessionRefusedError(code, text)
+        offered = (line.partition(" ") for line in text.split("\n")[1:])
+        return {keyword.upper(): params.upper() for keyword, _, params in offered}
+
+    async def _open(self) -> _Session:
         target = self._target
-        tls_context = None
-        if (target.implicit_tls or target.starttls) and not target.verify_tls:
-            tls_context = ssl.create_default_context()
-            tls_context.check_hostname = False
-            tls_context.verify_mode = ssl.CERT_NONE
-        return aiosmtplib.SMTP(
-            hostname=target.host,
-            port=target.port,
-            username=target.username,
-            password=target.password,
-            timeout=self._timeout,
-            use_tls=target.implicit_tls,
-            start_tls=target.starttls,
-            tls_context=tls_context,
+        reader, writer = await asyncio.open_connection(
+            target.host,
+            target.port,
+            ssl=self._tls_context() if target.implicit_tls else None,
         )
+        try:
+            code, text = await _read_reply(reader)
+            if code != 220:
+                raise SessionRefusedError(code, text)
+            extensions = await self._ehlo(reader, writer)
+            if target.starttls:
+                if "STARTTLS" not in extensions:
+                    raise SessionRefusedError(None, "the server does not offer STARTTLS")
+                writer.write(b"STARTTLS\r\n")
+                code, text = await _read_reply(reader)
+                if code != 220:
+                    raise SessionRefusedError(code, text)
+                await writer.start_tls(self._tls_context(), server_hostname=target.host)
+                extensions = await self._ehlo(reader, writer)
+            if target.username is not None:
+                await self._authenticate(reader, writer, extensions)
+        except BaseException:
+            writer.close()
+            raise
+        return _Session(reader, writer, extensions)
 
-    async def _connected(self) -> aiosmtplib.SMTP:
-        if self._client is not None and self._client.is_connected:
-            return self._client
+    async def _authenticate(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, offered: dict[str, str]
+    ) -> None:
+        """AUTH PLAIN, or LOGIN when that is all the server offers (always over TLS here
+        or on a connection the operator chose)."""
+        user = (self._target.username or "").encode()
+        password = (self._target.password or "").encode()
+        mechanisms = offered.get("AUTH", "").split()
+        if "PLAIN" not in mechanisms and "LOGIN" in mechanisms:
+            steps = [b"AUTH LOGIN\r\n", base64.b64encode(user) + b"\r\n"]
+            steps.append(base64.b64encode(password) + b"\r\n")
+        else:
+            steps = [b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + password) + b"\r\n"]
+        for step in steps:
+            writer.write(step)
+            code, text = await _read_reply(reader)
+            if code == 235:
+                return
+            if code != 334:
+                raise SessionRefusedError(code, text)
+        raise SessionRefusedError(None, "authentication did not complete")
+
+    async def _connected(self) -> tuple[_Session, bool]:
+        """The open session (and ``True``), or a new one (and ``False``)."""
+        if self._session is not None and self._session.usable:
+            return self._session, True
         self._drop()
-        client = self._new_client()
-        await client.connect()
-        self._client = client
-        return client
+        async with asyncio.timeout(self._timeout):
+            self._session = await self._open()
+        return self._session, False
 
     def _drop(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     async def send(self, mail_from: str, rcpt_to: str, message: bytes) -> Reply:
         """One SMTP transaction; never raises for what the server or the network did."""
+        try:
+            sender, recipient = _command_address(mail_from), _command_address(rcpt_to)
+        except ValueError as exc:
+            return Reply(Verdict.PERMANENT, None, str(exc))
+        payload = data_payload(message)
         async with self._lock:
-            try:
-                client = await self._connected()
-                await client.mail(mail_from)
-                await client.rcpt(rcpt_to)
-            except aiosmtplib.SMTPResponseException as exc:
-                if isinstance(exc, _SESSION_REFUSED):
-                    # The server refused the session, not this mail.
+            for retry_on_fresh in (True, False):
+                try:
+                    session, reused = await self._connected()
+                except SessionRefusedError as exc:
+                    return Reply(Verdict.CONNECTION, exc.code, redact(exc.text))
+                except _Failure as exc:
+                    return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        replies = await session.envelope(sender, recipient)
+                except _Failure as exc:
                     self._drop()
-                    return Reply(Verdict.CONNECTION, exc.code, redact(exc.message))
-                await self._reset()
-                return reply_of(exc.code, exc.message)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                self._drop()
-                return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
-            try:
-                response = await client.data(message)
-            except aiosmtplib.SMTPResponseException as exc:
-                await self._reset()
-                return reply_of(exc.code, exc.message)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                # The message may have reached the server: nobody can tell any more.
-                self._drop()
-                return Reply(Verdict.UNKNOWN, None, redact(_describe(exc)))
-            return reply_of(response.code, response.message)
+                    # A reused connection the server closed while idle: nothing was handed
+                    # over, so the mail goes on a new connection instead of being deferred.
+                    if reused and retry_on_fresh:
+                        continue
+                    return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
+                except asyncio.CancelledError:
+                    self._drop()  # half a transaction must not carry the next mail
+                    raise
+                try:
+                    return await self._transfer(session, replies, payload)
+                except asyncio.CancelledError:
+                    self._drop()
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _reset(self) -> None:
-        """Abort the transaction so the connection can carry the next mail."""
-        if self._client is None or not self._client.is_connected:
+    async def _transfer(
+        self, session: _Session, replies: list[tuple[int, str]], payload: bytes
+    ) -> Reply:
+        """Send the message after a ``354``, or end the refused transaction cleanly."""
+        refused = next((r for r in replies[:2] if not 200 <= r[0] < 300), None)
+        if refused is None and replies[-1][0] != 354:
+            refused = replies[-1]
+        if refused is not None:
+            await self._abandon(session, replies, refused[0])
+            return reply_of(*refused)
+        try:
+            async with asyncio.timeout(self._timeout):
+                code, text = await session.command(payload)
+        except _Failure as exc:
+            # The message may have reached the server: nobody can tell any more.
+            self._drop()
+            return Reply(Verdict.UNKNOWN, None, redact(_describe(exc)))
+        return reply_of(code, text)
+
+    async def _abandon(self, session: _Session, replies: list[tuple[int, str]], code: int) -> None:
+        """Leave a refused transaction so the connection can carry the next mail."""
+        if code == 421:
+            self._drop()  # the server is closing the connection
             return
         try:
-            await self._client.rset()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                if len(replies) == 3 and replies[-1][0] == 354:
+                    # DATA was accepted although MAIL or RCPT was not: end it empty.
+                    await session.command(b".\r\n")
+                await session.command(b"RSET\r\n")
+        except _Failure:
             self._drop()
 
     async def close(self) -> None:
         """Say QUIT if connected, then close; safe twice."""
         async with self._lock:
-            client, self._client = self._client, None
-            if client is None:
+            session, self._session = self._session, None
+            if session is None:
                 return
-            if client.is_connected:
-                try:
-                    await client.quit()
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    client.close()
-            else:
-                client.close()
+            with contextlib.suppress(*_Failure):
+                if session.usable:
+                    async with asyncio.timeout(self._timeout):
+                        await session.command(b"QUIT\r\n")
+            session.close()
+            with contextlib.suppress(*_Failure):
+                await session.writer.wait_closed()
 
 
 class SmtpPool:
