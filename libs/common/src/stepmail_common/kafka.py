@@ -80,6 +80,26 @@ class Outgoing:
     key: str
     trace_context: Mapping[str, str] | None = None
 
+    @property
+    def event_id(self) -> str:
+        return self.event.id
+
+
+@dataclass(frozen=True, slots=True)
+class Serialised:
+    """An event checked against its schema and serialised when it was stored (an outbox
+    row), published as it is."""
+
+    topic: str
+    value: bytes
+    key: str
+    trace_context: Mapping[str, str] | None = None
+
+    @property
+    def event_id(self) -> str:
+        event_id: str = orjson.loads(self.value)["id"]
+        return event_id
+
 
 class EventProducer:
     """Publishes CloudEvents and returns only once the broker acknowledged them."""
@@ -121,21 +141,24 @@ class EventProducer:
     async def publish(self, topic: str, event: CloudEvent, key: str) -> None:
         await self.publish_many([Outgoing(topic, event, key)])
 
-    async def publish_many(self, items: Sequence[Outgoing], *, validated: bool = False) -> None:
+    async def publish_many(self, items: Sequence["Outgoing | Serialised"]) -> None:
         """Send all, then wait for every acknowledgement; raises ``RetriableError``.
 
-        Each event is checked against its schema unless the caller has just done so
-        (``validated``). Each gets a ``send`` span when spans are recorded; otherwise only
-        its trace context (its own or the current one) travels on in the headers.
+        Each event is checked against its schema, unless it comes ``Serialised`` (checked
+        when it was). Each gets a ``send`` span when spans are recorded; otherwise only its
+        trace context (its own or the current one) travels on in the headers.
         """
         futures = []
         recording = telemetry.recording()
         try:
             for item in items:
-                doc = item.event.to_dict()
-                if not validated:
+                if isinstance(item, Outgoing):
+                    doc = item.event.to_dict()
                     validate(doc)
-                value, key = orjson.dumps(doc), item.key.encode()
+                    value = orjson.dumps(doc)
+                else:
+                    value = item.value
+                key = item.key.encode()
                 if not recording:
                     headers = [_CONTENT_TYPE_HEADER, *_trace_headers(item.trace_context)]
                     futures.append(
@@ -151,7 +174,7 @@ class EventProducer:
                         "messaging.destination.name": item.topic,
                         "messaging.operation.type": "send",
                         "messaging.kafka.message.key": item.key,
-                        "messaging.message.id": item.event.id,
+                        "messaging.message.id": item.event_id,
                     },
                 ):
                     headers = [_CONTENT_TYPE_HEADER, *telemetry.inject_headers()]

@@ -24,8 +24,8 @@ from prometheus_client import Counter
 
 from stepmail_common import telemetry
 from stepmail_common.errors import is_retriable
-from stepmail_common.events import CloudEvent
-from stepmail_common.kafka import EventProducer, Outgoing
+from stepmail_common.events import CloudEvent, validate
+from stepmail_common.kafka import EventProducer, Serialised
 from stepmail_common.loops import PeriodicLoop
 
 if TYPE_CHECKING:
@@ -56,11 +56,16 @@ class OutboxEvent:
 
 
 async def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
-    """Write ``events`` in the caller's transaction."""
+    """Write ``events`` in the caller's transaction, each checked against its schema first
+    (``InvalidEventError``), so the relay publishes them as they are stored."""
     current = telemetry.trace_carrier()
+    rows = []
+    for e in events:
+        doc = e.event.to_dict()
+        validate(doc)
+        rows.append((e.topic, e.key, doc, e.trace or current))
     await conn.executemany(
-        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)",
-        [(e.topic, e.key, e.event.to_dict(), e.trace or current) for e in events],
+        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)", rows
     )
 
 
@@ -89,7 +94,7 @@ class OutboxRelay(PeriodicLoop):
                 await conn.fetch(
                     "DELETE FROM outbox WHERE id = ANY(ARRAY("
                     "SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))"
-                    " RETURNING id, topic, key, event, trace",
+                    " RETURNING id, topic, key, event::text AS event, trace",
                     self._batch,
                 ),
                 key=lambda r: r["id"],
@@ -97,11 +102,7 @@ class OutboxRelay(PeriodicLoop):
             if not rows:
                 return False
             await self._producer.publish_many(
-                [
-                    Outgoing(r["topic"], CloudEvent.from_dict(r["event"]), r["key"], r["trace"])
-                    for r in rows
-                ],
-                validated=True,  # by ``from_dict``
+                [Serialised(r["topic"], r["event"].encode(), r["key"], r["trace"]) for r in rows]
             )
         OUTBOX_PUBLISHED.inc(len(rows))
         return len(rows) >= self._batch
