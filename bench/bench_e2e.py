@@ -24,8 +24,8 @@ Figures are taken over a window of ``BENCH_E2E_SECONDS`` (default 60) after
 of the mails triggered in the window, and CPU seconds per 1,000 mails of each service,
 the broker, Postgres, the sink and the generator (``/proc/<pid>/stat`` of each process
 tree, before and after the window), and Postgres transactions per mail.
-``BENCH_E2E_MAILS`` sets the contacts of the ``max`` runs (default 30,000, enough for
-400/s over warm-up and window; a run that runs out says so); ``BENCH_E2E_SENDER_WINDOW``
+``BENCH_E2E_MAILS`` sets the contacts of the ``max`` runs (default 60,000, enough for
+800/s over warm-up and window; a run that runs out says so); ``BENCH_E2E_SENDER_WINDOW``
 and ``BENCH_E2E_SMTP_POOL`` the sender's ``SENDER_WINDOW`` / ``SMTP_POOL_SIZE``;
 ``BENCH_E2E_PROFILE=1`` records a py-spy profile of each service during the window.
 """
@@ -67,7 +67,7 @@ RATES = [
 ]
 DRAIN_SECONDS = float(os.environ.get("BENCH_E2E_DRAIN_SECONDS", "90"))
 BACKLOG = int(os.environ.get("BENCH_E2E_BACKLOG", "2000"))
-MAX_MAILS = int(os.environ.get("BENCH_E2E_MAILS", "30000"))
+MAX_MAILS = int(os.environ.get("BENCH_E2E_MAILS", "60000"))
 SENDER_WINDOW = os.environ.get("BENCH_E2E_SENDER_WINDOW", "32")
 SMTP_POOL = os.environ.get("BENCH_E2E_SMTP_POOL", "16")
 PROFILE = os.environ.get("BENCH_E2E_PROFILE") == "1"
