@@ -68,7 +68,7 @@ def test_failed_items_are_dead_lettered_alone_and_the_rest_committed(kafka_boots
 
             first = BatchConsumer(
                 bootstrap=kafka_bootstrap,
-                topic=topic,
+                topics=[topic],
                 group_id=group,
                 prepare=lambda event: event,
                 handler=handle,
@@ -88,7 +88,7 @@ def test_failed_items_are_dead_lettered_alone_and_the_rest_committed(kafka_boots
 
             second = BatchConsumer(
                 bootstrap=kafka_bootstrap,
-                topic=topic,
+                topics=[topic],
                 group_id=group,
                 prepare=lambda event: event,
                 handler=collect,

@@ -509,14 +509,15 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
     any other stops the loop, and with it the process. Offsets are committed only once the
     handler returned for the whole batch and its failures are dead-lettered.
 
-    The items keep the order of their partition, so one contact's events arrive in order.
+    The items keep the order of their partition, so one contact's events of a topic arrive
+    in order (there is no order between topics).
     """
 
     def __init__(
         self,
         *,
         bootstrap: str,
-        topic: str,
+        topics: Sequence[str],
         group_id: str,
         prepare: Callable[[CloudEvent], T],
         handler: "BatchHandler[T]",
@@ -526,13 +527,12 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
-            topics=[topic],
+            topics=topics,
             group_id=group_id,
             producer=producer,
             max_batch=max_batch,
             retry_backoff=retry_backoff,
         )
-        self._topic = topic
         self._prepare = prepare
         self._handler = handler
 
@@ -574,7 +574,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
                 if not is_retriable(exc):
                     raise
                 attempt += 1
-                if await self._backoff_or_stop(self._topic, attempt, exc):
+                if await self._backoff_or_stop(next(iter(batch)).topic, attempt, exc):
                     continue
                 return {}
             break
@@ -583,6 +583,10 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
             span.record_exception(failure)
             if not await self._dead_letter(record, failure):
                 return {}
-        telemetry.KAFKA_CONSUMED.labels(self._topic, "ok").inc(len(items) - len(failures))
-        telemetry.KAFKA_HANDLE_SECONDS.labels(self._topic).observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        done = Counter(record.topic for record, _ in prepared)
+        done.subtract(prepared[index][0].topic for index in failures)
+        for topic, count in done.items():
+            telemetry.KAFKA_CONSUMED.labels(topic, "ok").inc(count)
+            telemetry.KAFKA_HANDLE_SECONDS.labels(topic).observe(took)
         return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

@@ -149,38 +149,23 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 await start_background(stack, notifier, "notifier")
             contact_events: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topic=topics.contact_events,
+                topics=[topics.contact_events],
                 group_id=settings.consumer_group("orchestrator"),
                 prepare=consumed,
                 handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
             )
-            # One consumer per topic (a batch consumer reads one); delivery events keep the
-            # group both topics shared, engagement events have their own.
-            feedback = FeedbackHandler(pool, clock, progress)
-            delivery_events: BatchConsumer[Consumed] = BatchConsumer(
+            feedback: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topic=topics.delivery_events,
+                topics=[topics.delivery_events, topics.engagement_events],
                 group_id=settings.consumer_group("orchestrator-feedback"),
                 prepare=consumed,
-                handler=feedback,
-                producer=producer,
-            )
-            engagement_events: BatchConsumer[Consumed] = BatchConsumer(
-                bootstrap=settings.kafka_bootstrap_servers,
-                topic=topics.engagement_events,
-                group_id=settings.consumer_group("orchestrator-engagement"),
-                prepare=consumed,
-                handler=feedback,
+                handler=FeedbackHandler(pool, clock, progress),
                 producer=producer,
             )
             await start_together(
                 stack,
-                [
-                    (contact_events, "contact-events-consumer"),
-                    (delivery_events, "delivery-events-consumer"),
-                    (engagement_events, "engagement-events-consumer"),
-                ],
+                [(contact_events, "contact-events-consumer"), (feedback, "feedback-consumer")],
             )
             app.state.pool = pool
             app.state.producer = producer

@@ -136,7 +136,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
             )
             consumer = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topic=topics.mail_rendered,
+                topics=[topics.mail_rendered],
                 group_id=settings.consumer_group("sender"),
                 prepare=rendered_mail,
                 handler=deliverer.handle_many,

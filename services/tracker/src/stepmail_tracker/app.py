@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 
 from stepmail_common.clock import Clock, SystemClock
 from stepmail_common.errors import InvalidTokenError, RetriableError
-from stepmail_common.kafka import BatchConsumer, EventConsumer
+from stepmail_common.kafka import BatchConsumer
 from stepmail_common.problems import RETRY_AFTER_SECONDS, Problem
 from stepmail_common.service import migrate_only, open_database, open_producer
 from stepmail_common.signing import Signer
@@ -23,11 +23,10 @@ from stepmail_common.webapp import (
     dependency_checks,
     install_common,
     start_background,
-    start_together,
 )
 from stepmail_tracker import feedback, metrics, pages
 from stepmail_tracker.bots import machine_reason
-from stepmail_tracker.handlers import contact_erased, record_deliveries, sent_delivery
+from stepmail_tracker.handlers import consumed, handler
 from stepmail_tracker.loops import RatesLoop
 from stepmail_tracker.repository import Preference, Repository
 from stepmail_tracker.service import Engagement, Feedback
@@ -109,22 +108,15 @@ def create_app(
             app.state.engagement = Engagement(
                 producer, topics, clock, settings.tracker_click_publish_timeout_seconds
             )
-            deliveries = BatchConsumer(
+            consumer = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
-                topic=topics.delivery_events,
+                topics=[topics.delivery_events, topics.contact_events],
                 group_id=settings.consumer_group("tracker"),
-                prepare=sent_delivery,
-                handler=record_deliveries(repo),
+                prepare=consumed,
+                handler=handler(repo),
                 producer=producer,
             )
-            erasures = EventConsumer(
-                bootstrap=settings.kafka_bootstrap_servers,
-                topics=[topics.contact_events],
-                group_id=settings.consumer_group("tracker-contacts"),
-                handler=contact_erased(repo),
-                producer=producer,
-            )
-            await start_together(stack, [(deliveries, "deliveries"), (erasures, "erasures")])
+            await start_background(stack, consumer, "consumer")
             rates = RatesLoop(
                 repo,
                 clock,

@@ -1,42 +1,47 @@
 """Handlers of consumed events: delivery times (for machine opens and ratios) and erasures.
 
-Delivery events come in batches, one statement per batch; erasures are rare and come one
-at a time on their own consumer.
+Both topics come in batches: a batch's sent mails are stored in one statement, then its
+erasures applied, so an erasure is never undone by a delivery of the same batch.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from stepmail_common import event_types
 from stepmail_common.events import CloudEvent
-from stepmail_common.kafka import BatchHandler, Failures, Handler
+from stepmail_common.kafka import BatchHandler, Failures
 from stepmail_tracker.repository import Repository, Sent
 
 
-def sent_delivery(event: CloudEvent) -> Sent | None:
-    """A ``delivery.sent`` event's facts; ``None`` for the other delivery events."""
-    if event.type != event_types.DELIVERY_SENT:
-        return None
+@dataclass(frozen=True, slots=True)
+class Erased:
+    """A contact to forget."""
+
+    contact_id: str
+
+
+Consumed = Sent | Erased | None
+
+
+def consumed(event: CloudEvent) -> Consumed:
+    """What the tracker keeps of an event: a sent mail, an erasure, or nothing."""
     data = event.data
-    return Sent(data["message_id"], data["contact_id"], datetime.fromisoformat(data["at"]))
+    if event.type == event_types.DELIVERY_SENT:
+        return Sent(data["message_id"], data["contact_id"], datetime.fromisoformat(data["at"]))
+    if event.type == event_types.CONTACT_ERASED:
+        return Erased(data["contact_id"])
+    return None
 
 
-def record_deliveries(repo: Repository) -> BatchHandler[Sent | None]:
-    """The batch handler of ``delivery-events``: the batch's sent mails in one statement."""
+def handler(repo: Repository) -> BatchHandler[Consumed]:
+    """The batch handler of ``delivery-events`` and ``contact-events``."""
 
-    async def handle(batch: Sequence[Sent | None]) -> Failures | None:
-        await repo.record_sent([sent for sent in batch if sent is not None])
+    async def handle(batch: Sequence[Consumed]) -> Failures | None:
+        await repo.record_sent([item for item in batch if isinstance(item, Sent)])
+        for item in batch:
+            if isinstance(item, Erased):
+                await repo.erase_contact(item.contact_id)
         return None
-
-    return handle
-
-
-def contact_erased(repo: Repository) -> Handler:
-    """The handler of ``contact-events``: forget an erased contact's opt-outs and delivery
-    times; other types are skipped."""
-
-    async def handle(event: CloudEvent) -> None:
-        if event.type == event_types.CONTACT_ERASED:
-            await repo.erase_contact(event.data["contact_id"])
 
     return handle
