@@ -116,3 +116,10 @@ def test_settings_know_the_from_domain():
     settings = _settings(mail_from="stepmail デモ <hello@example.com>")
     assert settings.mail_from_address == "hello@example.com"
     assert settings.unsubscribe_mailbox == "unsubscribe@example.com"
+
+
+@pytest.mark.parametrize("size", ["0", "2001"])
+def test_a_batch_size_out_of_range_is_refused(size: str):
+    with pytest.raises(ValidationError, match="renderer_batch_max"):
+        _settings(renderer_batch_max=size)
+    assert _settings(renderer_batch_max="500").renderer_batch_max == 500

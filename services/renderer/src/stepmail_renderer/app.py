@@ -29,11 +29,6 @@ from stepmail_renderer.validation import validate_template
 
 log = logging.getLogger(__name__)
 
-# Due steps per fetched batch: each mail is ~20 KB of MIME and ~1 ms of CPU, so a batch
-# is a few MB published at once and holds the event loop (between yields) well under the
-# consumer's session timeout.
-BATCH_MAX = 200
-
 
 async def run_migrations(settings: RendererSettings) -> None:
     await migrate_only(settings, settings.db_schema, "stepmail_renderer")
@@ -101,7 +96,7 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
                 prepare=due_step,
                 handler=StepDueHandler(repo, renderer, producer, topics, clock),
                 producer=producer,
-                max_batch=BATCH_MAX,
+                max_batch=settings.renderer_batch_max,
             )
             await start_background(stack, consumer, "consumer")
             app.state.pool = pool

@@ -4,7 +4,7 @@ from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from stepmail_common.settings import CommonSettings
 from stepmail_common.signing import parse_keys
@@ -32,6 +32,10 @@ class RendererSettings(CommonSettings):
     mail_charset: str = "utf-8"
     mail_utm_params: str = ""
     mail_open_tracking: bool = True
+    # Due steps per fetched batch: each mail is ~20 KB of MIME and ~1 ms of CPU, so a batch
+    # is a few MB published at once and holds the event loop (between yields) well under
+    # the consumer's session timeout.
+    renderer_batch_max: int = Field(default=200, ge=1, le=2000)
 
     @model_validator(mode="after")
     def _check(self) -> "RendererSettings":
