@@ -60,11 +60,14 @@ async def ensure_topics(
 _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 
 
-def _trace_headers(carrier: Mapping[str, str] | None) -> list[tuple[str, bytes]]:
-    """The trace context to pass on: the stored one, else the current one."""
+def _trace_headers(
+    carrier: Mapping[str, str] | None, current: list[tuple[str, bytes]] | None = None
+) -> list[tuple[str, bytes]]:
+    """The trace context to pass on: the stored one, else the current one (``current``
+    when the caller has it already)."""
     if carrier:
         return [(k, v.encode()) for k, v in carrier.items() if k in ("traceparent", "tracestate")]
-    return telemetry.inject_headers()
+    return telemetry.inject_headers() if current is None else current
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,8 @@ class EventProducer:
         """
         futures = []
         recording = telemetry.recording()
+        # Without spans, the current context is the same for every event of the call.
+        current = None if recording else telemetry.inject_headers()
         try:
             for item in items:
                 if isinstance(item, Outgoing):
@@ -160,7 +165,7 @@ class EventProducer:
                     value = item.value
                 key = item.key.encode()
                 if not recording:
-                    headers = [_CONTENT_TYPE_HEADER, *_trace_headers(item.trace_context)]
+                    headers = [_CONTENT_TYPE_HEADER, *_trace_headers(item.trace_context, current)]
                     futures.append(
                         await self._producer.send(item.topic, value=value, key=key, headers=headers)
                     )
