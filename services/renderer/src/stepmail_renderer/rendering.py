@@ -55,6 +55,14 @@ class Layouts:
     def empty(cls) -> "Layouts":
         return cls({}, ())
 
+    @classmethod
+    def stored(cls, rows: Mapping[str, tuple[int, str]]) -> "Layouts":
+        """The layouts as the repository gives them: name → (version, source)."""
+        return cls(
+            {name: source for name, (_, source) in rows.items()},
+            tuple(sorted((name, version) for name, (version, _) in rows.items())),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:

@@ -33,6 +33,11 @@ class ArchivedTemplateError(PermanentError):
     """A step names a template that was archived."""
 
 
+def _unknown(template_id: str, version: int | None) -> UnknownTemplateError:
+    at = f" v{version}" if version is not None else ""
+    return UnknownTemplateError(f"no template {template_id!r}{at}")
+
+
 def uses_layouts(stored: StoredTemplate) -> bool:
     src = stored.source
     return any(
@@ -47,17 +52,10 @@ async def load_compiled(
     """The compiled template a request names, with the latest layouts if it uses any."""
     stored = await repo.template(template_id, version)
     if stored is None:
-        at = f" v{version}" if version is not None else ""
-        raise UnknownTemplateError(f"no template {template_id!r}{at}")
+        raise _unknown(template_id, version)
     if stored.archived:
         raise ArchivedTemplateError(f"template {template_id!r} is archived")
-    layouts = Layouts.empty()
-    if uses_layouts(stored):
-        found = await repo.layouts()
-        layouts = Layouts(
-            {name: source for name, (_, source) in found.items()},
-            tuple(sorted((name, v) for name, (v, _) in found.items())),
-        )
+    layouts = Layouts.stored(await repo.layouts()) if uses_layouts(stored) else Layouts.empty()
     return renderer.compiled(stored, layouts)
 
 
@@ -96,8 +94,7 @@ class TemplateResolver:
         template_id, version = key
         found = latest.get(template_id)
         if found is None:
-            at = f" v{version}" if version is not None else ""
-            raise UnknownTemplateError(f"no template {template_id!r}{at}")
+            raise _unknown(template_id, version)
         latest_version, archived = found
         if archived:
             raise ArchivedTemplateError(f"template {template_id!r} is archived")
@@ -118,7 +115,7 @@ class TemplateResolver:
             return found
         stored = await self._repo.template(template_id, version)
         if stored is None:
-            raise UnknownTemplateError(f"no template {template_id!r} v{version}")
+            raise _unknown(template_id, version)
         found = self._stored[key] = (stored, uses_layouts(stored))
         if len(self._stored) > _STORED_CACHE:
             self._stored.popitem(last=False)
@@ -131,11 +128,7 @@ class TemplateResolver:
         if found is not None:
             self._layout_sets.move_to_end(versions)
             return found
-        rows = await self._repo.layouts()
-        layouts = Layouts(
-            {name: source for name, (_, source) in rows.items()},
-            tuple(sorted((name, v) for name, (v, _) in rows.items())),
-        )
+        layouts = Layouts.stored(await self._repo.layouts())
         self._layout_sets[layouts.versions] = layouts
         if len(self._layout_sets) > _LAYOUT_SETS:
             self._layout_sets.popitem(last=False)
