@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -66,7 +67,7 @@ def _trace_headers(
     """The trace context to pass on: the stored one, else the current one (``current``
     when the caller has it already)."""
     if carrier:
-        return [(k, v.encode()) for k, v in carrier.items() if k in ("traceparent", "tracestate")]
+        return telemetry.carrier_headers(carrier)
     return telemetry.inject_headers() if current is None else current
 
 
@@ -163,34 +164,40 @@ class EventProducer:
                     value = orjson.dumps(doc)
                 else:
                     value = item.value
-                key = item.key.encode()
-                if not recording:
-                    headers = [_CONTENT_TYPE_HEADER, *_trace_headers(item.trace_context, current)]
-                    futures.append(
-                        await self._producer.send(item.topic, value=value, key=key, headers=headers)
+                with self._send_span(item) if recording else contextlib.nullcontext():
+                    trace_headers = (
+                        telemetry.inject_headers()
+                        if recording
+                        else _trace_headers(item.trace_context, current)
                     )
-                    continue
-                with tracer.start_as_current_span(
-                    f"send {item.topic}",
-                    context=telemetry.context_from_carrier(item.trace_context),
-                    kind=trace.SpanKind.PRODUCER,
-                    attributes={
-                        "messaging.system": "kafka",
-                        "messaging.destination.name": item.topic,
-                        "messaging.operation.type": "send",
-                        "messaging.kafka.message.key": item.key,
-                        "messaging.message.id": item.event_id,
-                    },
-                ):
-                    headers = [_CONTENT_TYPE_HEADER, *telemetry.inject_headers()]
                     futures.append(
-                        await self._producer.send(item.topic, value=value, key=key, headers=headers)
+                        await self._producer.send(
+                            item.topic,
+                            value=value,
+                            key=item.key.encode(),
+                            headers=[_CONTENT_TYPE_HEADER, *trace_headers],
+                        )
                     )
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
         for topic, count in Counter(item.topic for item in items).items():
             telemetry.KAFKA_PRODUCED.labels(topic).inc(count)
+
+    def _send_span(self, item: "Outgoing | Serialised") -> AbstractContextManager[trace.Span]:
+        """The ``send`` span of one event, child of the trace it carries (or the current)."""
+        return tracer.start_as_current_span(
+            f"send {item.topic}",
+            context=telemetry.context_from_carrier(item.trace_context),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": item.topic,
+                "messaging.operation.type": "send",
+                "messaging.kafka.message.key": item.key,
+                "messaging.message.id": item.event_id,
+            },
+        )
 
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
@@ -202,17 +209,12 @@ class EventProducer:
         telemetry.KAFKA_PRODUCED.labels(topic).inc()
 
 
-@contextlib.contextmanager
-def _within(span: trace.Span, parent: otel_context.Context) -> Iterator[None]:
+def _within(span: trace.Span, parent: otel_context.Context) -> AbstractContextManager[None]:
     """Make ``span`` current; with no span recorded, the producer's context instead, so
     what the work publishes still continues its trace."""
-    token = otel_context.attach(
+    return telemetry.attached(
         parent if span is trace.INVALID_SPAN else trace.set_span_in_context(span)
     )
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 @contextlib.contextmanager

@@ -5,9 +5,10 @@ or a span attribute: ids of contacts and messages are fine in logs, addresses an
 names never are.
 """
 
+import contextlib
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,6 +140,10 @@ def context_from_carrier(carrier: Mapping[str, str] | None) -> otel_context.Cont
     return None if not carrier else propagate.extract(carrier)
 
 
+TRACE_FIELDS = ("traceparent", "tracestate")
+"""The W3C trace context's fields, as headers of requests and Kafka records."""
+
+
 def inject_headers() -> list[tuple[str, bytes]]:
     """The current trace context as Kafka headers (``traceparent``, ``tracestate``)."""
     carrier: dict[str, str] = {}
@@ -146,8 +151,23 @@ def inject_headers() -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
+def carrier_headers(carrier: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """A stored trace context as Kafka headers, without making it current."""
+    return [(k, v.encode()) for k, v in carrier.items() if k in TRACE_FIELDS]
+
+
 def extract_context(headers: Iterable[tuple[str, bytes]] | None) -> otel_context.Context:
     carrier: Mapping[str, str] = {
-        k: v.decode("latin-1") for k, v in (headers or ()) if k in ("traceparent", "tracestate")
+        k: v.decode("latin-1") for k, v in (headers or ()) if k in TRACE_FIELDS
     }
     return propagate.extract(carrier)
+
+
+@contextlib.contextmanager
+def attached(context: otel_context.Context) -> Iterator[None]:
+    """``context`` is current inside the block."""
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,11 +106,8 @@ class RequestTracing:
         if not carrier:
             await self.app(scope, receive, send)
             return
-        token = otel_context.attach(propagate.extract(carrier))
-        try:
+        with telemetry.attached(propagate.extract(carrier)):
             await self.app(scope, receive, send)
-        finally:
-            otel_context.detach(token)
 
 
 class RequestMetrics:
