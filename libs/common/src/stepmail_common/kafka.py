@@ -554,9 +554,10 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
     async def _process_traced(
         self, batch: Batch, spans: list[trace.Span]
     ) -> dict[TopicPartition, int]:
-        """Each record gets a ``process`` span, child of its producer's, open until the
-        batch is done; ``prepare`` runs inside it, so what it builds can carry the trace
-        on (``telemetry.trace_carrier()``)."""
+        """Each record gets a ``process`` span (when spans are recorded), child of its
+        producer's, open until the batch is done; ``prepare`` runs inside it, or inside the
+        producer's context, so what it builds can carry the trace on
+        (``telemetry.trace_carrier()``)."""
         items: list[T] = []
         prepared: list[tuple[ConsumerRecord[bytes, bytes], trace.Span]] = []
         for records in batch.values():
