@@ -7,47 +7,19 @@ import asyncio
 import io
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import TypeAlias
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stepmail_cli.main import run
-from stepmail_common import event_types
 from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import EventConsumer, EventProducer, ensure_topics
 from stepmail_common.topics import Topics
+from tests.integration.kafka_reader import read_records
+from tests.integration.sample_events import erased
 
 pytestmark = pytest.mark.integration
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-
-
-def _erased(contact_id: str) -> CloudEvent:
-    return CloudEvent(
-        type=event_types.CONTACT_ERASED,
-        source="urn:stepmail:test",
-        subject=contact_id,
-        data={"contact_id": contact_id, "requested_at": datetime.now(UTC).isoformat()},
-    )
-
-
-async def _read(bootstrap: str, topic: str, count: int, within: float = 20.0) -> list[Record]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        deadline = asyncio.get_running_loop().time() + within
-        while len(records) < count and asyncio.get_running_loop().time() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
 async def _count(bootstrap: str, topic: str) -> int:
@@ -99,7 +71,7 @@ def test_dead_letters_are_listed_then_replayed_once_each(kafka_bootstrap: str):
     topics = Topics(f"dlq{uuid.uuid4().hex[:8]}.")
     topic, dlq = topics.contact_events, Topics.dlq(topics.contact_events)
     group = f"{topics.prefix}consumer"
-    events = [_erased(f"c-{i}") for i in range(3)]
+    events = [erased(f"c-{i}") for i in range(3)]
 
     async def dead_letter_three() -> None:
         await ensure_topics(kafka_bootstrap, [topic], 2)
@@ -148,7 +120,10 @@ def test_dead_letters_are_listed_then_replayed_once_each(kafka_bootstrap: str):
     code, again = _cli("dlq", "replay", dlq, *bootstrap)
     assert again.strip().splitlines()[-1] == f"{dlq}: replayed 0 to {topic}; 0 left"
 
-    records = asyncio.run(_read(kafka_bootstrap, topic, 6))
+    records = sorted(
+        asyncio.run(read_records(kafka_bootstrap, topic, 6, within=20)),
+        key=lambda r: (r.partition, r.offset),
+    )
     copies = [r for r in records if dict(r.headers).get("stepmail-replays")]
     assert len(copies) == 3, "each dead letter was replayed exactly once"
     originals = {r.value: r for r in records if r not in copies}

@@ -6,27 +6,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import pytest
 
-from stepmail_common import event_types
 from stepmail_common.errors import PermanentError
 from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import DLQ_REASON, BatchConsumer, EventProducer, Failures, ensure_topics
 from stepmail_common.topics import Topics
 from tests.integration.kafka_reader import read_records
+from tests.integration.sample_events import erased
 
 pytestmark = pytest.mark.integration
-
-
-def _erased(contact_id: str) -> CloudEvent:
-    return CloudEvent(
-        type=event_types.CONTACT_ERASED,
-        source="urn:stepmail:test",
-        subject=contact_id,
-        data={"contact_id": contact_id, "requested_at": datetime.now(UTC).isoformat()},
-    )
 
 
 async def _run_until(consumer: BatchConsumer[CloudEvent], done: asyncio.Event) -> None:
@@ -42,10 +32,10 @@ async def _run_until(consumer: BatchConsumer[CloudEvent], done: asyncio.Event) -
 def test_failed_items_are_dead_lettered_alone_and_the_rest_committed(kafka_bootstrap: str):
     topics = Topics(f"batch{uuid.uuid4().hex[:8]}.")
     topic, group = topics.contact_events, f"{topics.prefix}consumer"
-    events = [_erased("c-same") for _ in range(6)]
+    events = [erased("c-same") for _ in range(6)]
     poisoned = events[2].id
 
-    late = _erased("c-late")
+    late = erased("c-late")
 
     async def scenario() -> tuple[list[str], list[str]]:
         await ensure_topics(kafka_bootstrap, [topic], 2)

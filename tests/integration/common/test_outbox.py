@@ -5,38 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 
 import pytest
 
-from stepmail_common import db, event_types
+from stepmail_common import db
 from stepmail_common.errors import InvalidEventError
-from stepmail_common.events import CloudEvent
 from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.outbox import OutboxEvent, OutboxRelay, add
 from tests.integration.kafka_reader import parse_event, read_records
+from tests.integration.sample_events import erased
 
 pytestmark = pytest.mark.integration
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def _erased(contact_id: str, requested_at: str | None = None) -> CloudEvent:
-    return CloudEvent(
-        type=event_types.CONTACT_ERASED,
-        source="urn:stepmail:test",
-        subject=contact_id,
-        data={
-            "contact_id": contact_id,
-            "requested_at": requested_at or datetime.now(UTC).isoformat(),
-        },
-    )
-
-
 def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_bootstrap: str):
     topic = f"outbox{uuid.uuid4().hex[:8]}.contact-events"
     schema = f"outbox_{uuid.uuid4().hex[:8]}"
-    events = [_erased(f"c-{i}") for i in range(3)]
+    events = [erased(f"c-{i}") for i in range(3)]
 
     async def scenario() -> int:
         await ensure_topics(kafka_bootstrap, [topic], 1)
@@ -51,9 +38,7 @@ def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_b
                 )
                 with pytest.raises(InvalidEventError, match="schema"):
                     async with conn.transaction():
-                        await add(
-                            conn, [OutboxEvent(topic, "c-bad", _erased("c-bad", "yesterday"))]
-                        )
+                        await add(conn, [OutboxEvent(topic, "c-bad", erased("c-bad", "yesterday"))])
                 async with conn.transaction():
                     await add(
                         conn,
