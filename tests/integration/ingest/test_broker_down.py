@@ -1,4 +1,4 @@
-"""The broker stops: 503 with Retry-After, and nothing half-written."""
+"""The broker stops: 503 with Retry-After for one event or a batch, and nothing half-written."""
 
 from collections.abc import Iterator
 
@@ -46,6 +46,14 @@ async def test_broker_down_answers_503_and_remembers_nothing(
         assert down.status_code == 503
         assert down.headers["content-type"].startswith("application/problem+json")
         assert int(down.headers["Retry-After"]) >= 1
+        # Many events go out as record batches of their own: the same answer.
+        batch_down = await client.post(
+            "/v1/events:batch",
+            json={"events": [event] * 40},
+            headers={**auth, "Idempotency-Key": "batch-during"},
+        )
+        assert batch_down.status_code == 503
+        assert int(batch_down.headers["Retry-After"]) >= 1
     connection = await asyncpg.connect(database_url)
     try:
         keys = await connection.fetch("SELECT key FROM ingest.idempotency_keys")

@@ -24,6 +24,8 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
@@ -59,6 +61,8 @@ async def ensure_topics(
 
 
 _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
+# From this many events on, a publish sends record batches of its own (see ``publish_many``).
+_OWN_BATCHES_FROM = 16
 
 
 def _trace_headers(
@@ -105,11 +109,21 @@ class Serialised:
         return event_id
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
 class EventProducer:
     """Publishes CloudEvents and returns only once the broker acknowledged them."""
 
     def __init__(self, bootstrap: str, client_id: str, *, enable_idempotence: bool) -> None:
+        self._partitioner = DefaultPartitioner()
         self._producer = AIOKafkaProducer(
+            partitioner=self._partitioner,
             bootstrap_servers=bootstrap,
             client_id=client_id,
             acks="all",
@@ -151,38 +165,83 @@ class EventProducer:
         Each event is checked against its schema, unless it comes ``Serialised`` (checked
         when it was). Each gets a ``send`` span when spans are recorded; otherwise only its
         trace context (its own or the current one) travels on in the headers.
+
+        A few events join the producer's shared batches, so that concurrent small publishes
+        share produce requests. Many go out as record batches of their own, one per
+        partition with one acknowledgement each: aiokafka's per-message path (a future per
+        event, resolved one by one) cost a third of a 1,000-event publish.
         """
-        futures = []
         recording = telemetry.recording()
         # Without spans, the current context is the same for every event of the call.
         current = None if recording else telemetry.inject_headers()
+        records = [self._record(item, recording, current) for item in items]
         try:
-            for item in items:
-                if isinstance(item, Outgoing):
-                    doc = item.event.to_dict()
-                    validate(doc)
-                    value = orjson.dumps(doc)
-                else:
-                    value = item.value
-                with self._send_span(item) if recording else contextlib.nullcontext():
-                    trace_headers = (
-                        telemetry.inject_headers()
-                        if recording
-                        else _trace_headers(item.trace_context, current)
-                    )
-                    futures.append(
-                        await self._producer.send(
-                            item.topic,
-                            value=value,
-                            key=item.key.encode(),
-                            headers=[_CONTENT_TYPE_HEADER, *trace_headers],
-                        )
-                    )
+            if len(records) < _OWN_BATCHES_FROM:
+                futures = [await self._send(record) for record in records]
+            else:
+                futures = await self._send_batches(records)
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
         for topic, count in Counter(item.topic for item in items).items():
             telemetry.KAFKA_PRODUCED.labels(topic).inc(count)
+
+    def _record(
+        self,
+        item: "Outgoing | Serialised",
+        recording: bool,
+        current: list[tuple[str, bytes]] | None,
+    ) -> _Record:
+        if isinstance(item, Outgoing):
+            doc = item.event.to_dict()
+            validate(doc)
+            value = orjson.dumps(doc)
+        else:
+            value = item.value
+        if recording:
+            with self._send_span(item):
+                trace_headers = telemetry.inject_headers()
+        else:
+            trace_headers = _trace_headers(item.trace_context, current)
+        return _Record(item.topic, item.key.encode(), value, [_CONTENT_TYPE_HEADER, *trace_headers])
+
+    async def _send(self, record: _Record) -> "asyncio.Future[object]":
+        future: asyncio.Future[object] = await self._producer.send(
+            record.topic, value=record.value, key=record.key, headers=record.headers
+        )
+        return future
+
+    async def _send_batches(self, records: list[_Record]) -> "list[asyncio.Future[object]]":
+        """Each partition's records in batches of their own (a full one goes and another
+        starts), placed as the producer's partitioner places single sends."""
+        partitions = {
+            topic: list(await self._producer.partitions_for(topic))
+            for topic in {record.topic for record in records}
+        }
+        builders: dict[tuple[str, int], BatchBuilder] = {}
+        futures: list[asyncio.Future[object]] = []
+        for record in records:
+            choices = partitions[record.topic]
+            partition = self._partitioner(record.key, choices, choices)
+            builder = builders.get((record.topic, partition))
+            if builder is not None and builder.append(
+                timestamp=None, key=record.key, value=record.value, headers=record.headers
+            ):
+                continue
+            if builder is not None:
+                futures.append(
+                    await self._producer.send_batch(builder, record.topic, partition=partition)
+                )
+            builder = builders[(record.topic, partition)] = self._producer.create_batch()
+            if not builder.append(
+                timestamp=None, key=record.key, value=record.value, headers=record.headers
+            ):
+                # Larger than a batch: the single send refuses it as it always did.
+                del builders[(record.topic, partition)]
+                futures.append(await self._send(record))
+        for (topic, partition), builder in builders.items():
+            futures.append(await self._producer.send_batch(builder, topic, partition=partition))
+        return futures
 
     def _send_span(self, item: "Outgoing | Serialised") -> AbstractContextManager[trace.Span]:
         """The ``send`` span of one event, child of the trace it carries (or the current)."""

@@ -1,0 +1,65 @@
+"""The producer against the real broker: a large publish goes out as record batches of its
+own, yet lands exactly as single sends would, each contact on the same partition and in
+order."""
+
+import asyncio
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from stepmail_common.kafka import EventProducer, Serialised, ensure_topics
+from tests.integration.kafka_reader import read_records
+
+pytestmark = pytest.mark.integration
+
+
+def _item(topic: str, key: str, seq: int, size: int = 0) -> Serialised:
+    return Serialised(topic, f'{{"seq": {seq}, "pad": "{"x" * size}"}}'.encode(), key)
+
+
+def _placed(records: list) -> tuple[dict[bytes, set[int]], dict[bytes, list[bytes]]]:
+    partitions: dict[bytes, set[int]] = defaultdict(set)
+    values: dict[bytes, list[bytes]] = defaultdict(list)
+    for record in records:
+        partitions[record.key].add(record.partition)
+        values[record.key].append(record.value)
+    return partitions, values
+
+
+def test_a_large_publish_lands_where_and_in_the_order_single_sends_do(kafka_bootstrap: str):
+    topic = f"producer{uuid.uuid4().hex[:8]}"
+    keys = [f"contact-{n}" for n in range(40)]
+    alone = [_item(topic, key, -1) for key in keys]
+    many = [_item(topic, keys[seq % len(keys)], seq) for seq in range(400)]
+
+    async def scenario() -> list:
+        await ensure_topics(kafka_bootstrap, [topic], 6)
+        async with EventProducer(kafka_bootstrap, "test-producer", enable_idempotence=False) as p:
+            await asyncio.gather(*(p.publish_many([item]) for item in alone))
+            await p.publish_many(many)
+        return await read_records(kafka_bootstrap, topic, len(alone) + len(many))
+
+    records = asyncio.run(scenario())
+    assert len(records) == len(alone) + len(many)
+    partitions, values = _placed(records)
+    assert len({p for placed in partitions.values() for p in placed}) > 1
+    for key in keys:
+        assert len(partitions[key.encode()]) == 1, key
+        published = [item.value for item in [*alone, *many] if item.key == key]
+        assert values[key.encode()] == published, key
+
+
+def test_a_publish_larger_than_a_batch_arrives_whole_and_in_order(kafka_bootstrap: str):
+    topic = f"producer{uuid.uuid4().hex[:8]}"
+    # 300 events of 4 KB on one partition: more than one 512 KiB record batch.
+    many = [_item(topic, "contact-1", seq, size=4096) for seq in range(300)]
+
+    async def scenario() -> list:
+        await ensure_topics(kafka_bootstrap, [topic], 1)
+        async with EventProducer(kafka_bootstrap, "test-producer", enable_idempotence=False) as p:
+            await p.publish_many(many)
+        return await read_records(kafka_bootstrap, topic, len(many))
+
+    records = asyncio.run(scenario())
+    assert [record.value for record in records] == [item.value for item in many]
