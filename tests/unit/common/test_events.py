@@ -79,3 +79,29 @@ def test_derived_ids_are_uuid5_in_the_stepmail_namespace():
 
     for parts in [("message", "e1", "0"), ("step-due", "m"), ("日本語", "x")]:
         assert derived_id(*parts) == str(uuid.uuid5(STEPMAIL_NAMESPACE, "\x1f".join(parts)))
+
+
+# Japanese carriers' older addresses break RFC 5322's dot rules, yet still receive mail.
+LEGACY_ADDRESSES = ["taro..yamada@docomo.ne.jp", "taro.@ezweb.ne.jp", ".hanako@softbank.ne.jp"]
+BREAKING_ADDRESSES = ["a b@example.com", "a\x19b@example.com", "a@example", "a<b>@x.jp"]
+
+
+def _updated(address: str) -> CloudEvent:
+    return CloudEvent(
+        type=event_types.CONTACT_UPDATED,
+        source="urn:test",
+        subject="c-1",
+        data={"contact": {"id": "c-1", "email": address}, "updated_at": "2026-11-23T09:00:00Z"},
+    )
+
+
+@pytest.mark.parametrize("address", [*LEGACY_ADDRESSES, "山田@例え.jp", "a+b@example.com"])
+def test_events_carry_every_address_a_carrier_delivers_to(address: str) -> None:
+    event = _updated(address)
+    assert CloudEvent.from_json(event.to_json()) == event
+
+
+@pytest.mark.parametrize("address", BREAKING_ADDRESSES)
+def test_an_address_that_would_break_a_header_is_named(address: str) -> None:
+    with pytest.raises(InvalidEventError, match=r"data\.contact\.email"):
+        CloudEvent.from_json(_updated(address).to_json())

@@ -107,3 +107,45 @@ def test_free_form_objects_refuse_integers_no_consumer_can_read():
         EventIn.model_validate({"type": "x", "contact": {"id": "c"}, "properties": {"n": [2**64]}})
     assert error.value.errors()[0]["loc"] == ("properties",)
     EventIn.model_validate({"type": "x", "contact": {"id": "c"}, "properties": {"n": 2**63 - 1}})
+    EventIn.model_validate({"type": "x", "contact": {"id": "c"}, "properties": {"n": -(2**63)}})
+    with pytest.raises(ValidationError):
+        EventIn.model_validate(
+            {"type": "x", "contact": {"id": "c"}, "properties": {"n": -(2**63) - 1}}
+        )
+
+
+def test_free_form_objects_refuse_values_nested_more_than_64_levels():
+    from pydantic import ValidationError
+
+    from stepmail_ingest.schemas import EventIn
+
+    def nested(levels: int, leaf: object) -> object:
+        value = leaf
+        for level in range(levels):
+            value = {"k": value} if level % 2 else [value]
+        return value
+
+    def event(properties: object) -> dict[str, object]:
+        return {"type": "x", "contact": {"id": "c"}, "properties": properties}
+
+    # ``properties`` is level 0, its values level 1: 63 containers put the leaf at 64.
+    EventIn.model_validate(event({"deep": nested(63, "leaf")}))
+    EventIn.model_validate(event({"deep": nested(63, [])}))
+    with pytest.raises(ValidationError, match="nested more than 64 levels"):
+        EventIn.model_validate(event({"deep": nested(64, "leaf")}))
+
+
+def test_contacts_keep_the_addresses_events_carry():
+    from pydantic import ValidationError
+
+    from stepmail_ingest.schemas import EventIn
+    from tests.unit.common.test_events import BREAKING_ADDRESSES, LEGACY_ADDRESSES
+
+    def event(address: str) -> dict[str, object]:
+        return {"type": "signup", "contact": {"id": "c", "email": address}}
+
+    for address in LEGACY_ADDRESSES:
+        assert EventIn.model_validate(event(address)).contact.email == address
+    for address in BREAKING_ADDRESSES:
+        with pytest.raises(ValidationError):
+            EventIn.model_validate(event(address))

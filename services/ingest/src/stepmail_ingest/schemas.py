@@ -25,14 +25,11 @@ from pydantic import (
     model_validator,
 )
 
+from stepmail_common.events import EMAIL_PATTERN
+
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 Email = Annotated[
-    str,
-    StringConstraints(
-        max_length=254,
-        strip_whitespace=True,
-        pattern=r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$",
-    ),
+    str, StringConstraints(max_length=254, strip_whitespace=True, pattern=EMAIL_PATTERN)
 ]
 Locale = Annotated[
     str, StringConstraints(max_length=35, pattern=r"^[A-Za-z]{2,8}([-_][A-Za-z0-9]{1,8})*$")
@@ -40,18 +37,24 @@ Locale = Annotated[
 TimeZone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-def _json_safe(value: object, depth: int = 0) -> None:
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int) and not -(2**63) <= value < 2**64:
-        raise ValueError("integers must fit in 64 bits; send larger ones as strings")
-    if depth > 64:
-        raise ValueError("nested more than 64 levels deep")
-    if isinstance(value, dict):
-        for item in value.values():
-            _json_safe(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
+_INT_MIN, _INT_END = -(2**63), 2**64
+_MAX_DEPTH = 64
+
+
+def _json_safe(container: dict[str, Any] | list[Any], depth: int = 0) -> None:
+    """Refuse integers beyond 64 bits and values nested more than 64 levels deep.
+
+    Only containers are visited and leaves are told apart by exact type: a batch of
+    1,000 events walks every property, so a call per leaf was a twentieth of its time.
+    """
+    if depth >= _MAX_DEPTH and container:
+        raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
+    for item in container.values() if isinstance(container, dict) else container:
+        kind = type(item)
+        if kind is int:
+            if not _INT_MIN <= item < _INT_END:
+                raise ValueError("integers must fit in 64 bits; send larger ones as strings")
+        elif kind is dict or kind is list:
             _json_safe(item, depth + 1)
 
 
@@ -154,9 +157,12 @@ class ConsentEvidence(BaseModel):
         if value is None:
             return None
         try:
-            return str(ipaddress.ip_address(value.strip()))
+            address = ipaddress.ip_address(value.strip())
         except ValueError:
             raise ValueError("not an IPv4 or IPv6 address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise ValueError("an address with a zone index (%...) is not a subscriber's address")
+        return str(address)
 
 
 class ConsentIn(BaseModel):
