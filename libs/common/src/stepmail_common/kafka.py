@@ -95,8 +95,8 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Serialised:
-    """An event checked against its schema and serialised when it was stored (an outbox
-    row), published as it is."""
+    """An event serialised and already known to match its schema, published as it is: an
+    outbox row (checked when stored) or an event built from input validated to match."""
 
     topic: str
     value: bytes
