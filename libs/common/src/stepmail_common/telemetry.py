@@ -120,13 +120,20 @@ def configure_tracing(
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    global _recording
+    _recording = True
     return provider
 
 
+# Set once ``configure_tracing`` installed the SDK; asking the API instead reads the
+# environment on each call, which the hot paths do per request and per publish.
+_recording = False
+
+
 def recording() -> bool:
-    """Whether spans are recorded (an SDK provider is installed). Without one, the hot paths
-    skip making spans and only pass an incoming trace context on."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    """Whether spans are recorded (``configure_tracing`` installed a provider). Without one,
+    the hot paths skip making spans and only pass an incoming trace context on."""
+    return _recording
 
 
 def trace_carrier() -> dict[str, str]:
