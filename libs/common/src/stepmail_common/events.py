@@ -9,7 +9,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -72,17 +72,7 @@ class CloudEvent:
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "specversion": SPECVERSION,
-            "id": self.id,
-            "source": self.source,
-            "type": self.type,
-            "subject": self.subject,
-            "time": self.time.isoformat().replace("+00:00", "Z"),
-            "datacontenttype": "application/json",
-            "dataschema": f"urn:stepmail:schema:{self.type}",
-            "data": self.data,
-        }
+        return envelope(self.type, self.source, self.subject, self.data, self.id, self.time)
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -108,6 +98,33 @@ class CloudEvent:
             id=doc["id"],
             time=datetime.fromisoformat(doc["time"]),
         )
+
+
+def envelope(
+    type_: str, source: str, subject: str, data: dict[str, Any], id_: str, time: datetime
+) -> dict[str, Any]:
+    """A CloudEvent's document, as ``CloudEvent.to_dict`` writes it, without the object:
+    for a caller that makes a thousand at once."""
+    return {
+        "specversion": SPECVERSION,
+        "id": id_,
+        "source": source,
+        "type": type_,
+        "subject": subject,
+        "time": _instant(time),
+        "datacontenttype": "application/json",
+        "dataschema": _DATASCHEMA_PREFIX + type_,
+        "data": data,
+    }
+
+
+_DATASCHEMA_PREFIX = "urn:stepmail:schema:"
+
+
+@lru_cache(maxsize=1024)
+def _instant(time: datetime) -> str:
+    """RFC 3339 in UTC with ``Z``; many events of a batch share their time."""
+    return time.isoformat().replace("+00:00", "Z")
 
 
 def _schema_text(name: str) -> bytes:

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -24,7 +24,6 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -32,6 +31,7 @@ from opentelemetry import trace
 from stepmail_common import telemetry
 from stepmail_common.errors import RetriableError, is_retriable
 from stepmail_common.events import CONTENT_TYPE, CloudEvent, validate
+from stepmail_common.partitioning import KeyPartitioner
 from stepmail_common.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,6 @@ async def ensure_topics(
 _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 # From this many events on, a publish sends record batches of its own (see ``publish_many``).
 _OWN_BATCHES_FROM = 16
-
-
-def _trace_headers(
-    carrier: Mapping[str, str] | None, current: list[tuple[str, bytes]] | None = None
-) -> list[tuple[str, bytes]]:
-    """The trace context to pass on: the stored one, else the current one (``current``
-    when the caller has it already)."""
-    if carrier:
-        return telemetry.carrier_headers(carrier)
-    return telemetry.inject_headers() if current is None else current
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +99,7 @@ class Serialised:
         return event_id
 
 
-@dataclass(frozen=True, slots=True)
-class _Record:
+class _Record(NamedTuple):
     topic: str
     key: bytes
     value: bytes
@@ -121,7 +110,7 @@ class EventProducer:
     """Publishes CloudEvents and returns only once the broker acknowledged them."""
 
     def __init__(self, bootstrap: str, client_id: str, *, enable_idempotence: bool) -> None:
-        self._partitioner = DefaultPartitioner()
+        self._partitioner = KeyPartitioner()
         self._producer = AIOKafkaProducer(
             partitioner=self._partitioner,
             bootstrap_servers=bootstrap,
@@ -173,8 +162,8 @@ class EventProducer:
         """
         recording = telemetry.recording()
         # Without spans, the current context is the same for every event of the call.
-        current = None if recording else telemetry.inject_headers()
-        records = [self._record(item, recording, current) for item in items]
+        shared = None if recording else _current_headers()
+        records = [_record(item, shared) for item in items]
         try:
             if len(records) < _OWN_BATCHES_FROM:
                 futures = [await self._send(record) for record in records]
@@ -185,25 +174,6 @@ class EventProducer:
             raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
         for topic, count in Counter(item.topic for item in items).items():
             telemetry.KAFKA_PRODUCED.labels(topic).inc(count)
-
-    def _record(
-        self,
-        item: "Outgoing | Serialised",
-        recording: bool,
-        current: list[tuple[str, bytes]] | None,
-    ) -> _Record:
-        if isinstance(item, Outgoing):
-            doc = item.event.to_dict()
-            validate(doc)
-            value = orjson.dumps(doc)
-        else:
-            value = item.value
-        if recording:
-            with self._send_span(item):
-                trace_headers = telemetry.inject_headers()
-        else:
-            trace_headers = _trace_headers(item.trace_context, current)
-        return _Record(item.topic, item.key.encode(), value, [_CONTENT_TYPE_HEADER, *trace_headers])
 
     async def _send(self, record: _Record) -> "asyncio.Future[object]":
         future: asyncio.Future[object] = await self._producer.send(
@@ -243,21 +213,6 @@ class EventProducer:
             futures.append(await self._producer.send_batch(builder, topic, partition=partition))
         return futures
 
-    def _send_span(self, item: "Outgoing | Serialised") -> AbstractContextManager[trace.Span]:
-        """The ``send`` span of one event, child of the trace it carries (or the current)."""
-        return tracer.start_as_current_span(
-            f"send {item.topic}",
-            context=telemetry.context_from_carrier(item.trace_context),
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": item.topic,
-                "messaging.operation.type": "send",
-                "messaging.kafka.message.key": item.key,
-                "messaging.message.id": item.event_id,
-            },
-        )
-
     async def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
@@ -266,6 +221,46 @@ class EventProducer:
         except KafkaError as exc:
             raise RetriableError(f"broker did not acknowledge: {exc.__class__.__name__}") from exc
         telemetry.KAFKA_PRODUCED.labels(topic).inc()
+
+
+def _current_headers() -> list[tuple[str, bytes]]:
+    """The headers of an event that carries the current trace context."""
+    return [_CONTENT_TYPE_HEADER, *telemetry.inject_headers()]
+
+
+def _record(item: "Outgoing | Serialised", shared: list[tuple[str, bytes]] | None) -> _Record:
+    """The record of one event; ``shared`` holds the headers of events without a trace
+    of their own when no spans are recorded."""
+    if isinstance(item, Outgoing):
+        doc = item.event.to_dict()
+        validate(doc)
+        value = orjson.dumps(doc)
+    else:
+        value = item.value
+    if shared is None:
+        with _send_span(item):
+            headers = _current_headers()
+    elif item.trace_context:
+        headers = [_CONTENT_TYPE_HEADER, *telemetry.carrier_headers(item.trace_context)]
+    else:
+        headers = shared
+    return _Record(item.topic, item.key.encode(), value, headers)
+
+
+def _send_span(item: "Outgoing | Serialised") -> AbstractContextManager[trace.Span]:
+    """The ``send`` span of one event, child of the trace it carries (or the current)."""
+    return tracer.start_as_current_span(
+        f"send {item.topic}",
+        context=telemetry.context_from_carrier(item.trace_context),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": item.topic,
+            "messaging.operation.type": "send",
+            "messaging.kafka.message.key": item.key,
+            "messaging.message.id": item.event_id,
+        },
+    )
 
 
 def _within(span: trace.Span, parent: otel_context.Context) -> AbstractContextManager[None]:

@@ -14,7 +14,7 @@ import orjson
 from stepmail_common import event_types
 from stepmail_common.clock import Clock
 from stepmail_common.errors import InvalidEventError
-from stepmail_common.events import CloudEvent, derived_id, validate
+from stepmail_common.events import derived_id, envelope, validate
 from stepmail_common.kafka import EventProducer, Serialised
 from stepmail_common.problems import Problem
 from stepmail_common.topics import Topics
@@ -203,14 +203,7 @@ class EventIntake:
                     continue
                 event_id = derived_id("ingest", scope, item.dedupe)
                 fresh[item.dedupe] = Remember(item.dedupe, item.fingerprint, event_id)
-            doc = CloudEvent(
-                type=item.type,
-                source=SOURCE,
-                subject=item.contact_id,
-                data=item.data,
-                id=event_id,
-                time=now,
-            ).to_dict()
+            doc = envelope(item.type, SOURCE, item.contact_id, item.data, event_id, now)
             if not item.checked:
                 _check(doc, item.origin)
             outgoing.append(
