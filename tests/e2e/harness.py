@@ -73,10 +73,17 @@ class Platform:
 
 
 def start(
-    database_url: str, kafka_bootstrap: str, repo_root: Path, log_dir: Path, **extra_env: str
+    database_url: str,
+    kafka_bootstrap: str,
+    repo_root: Path,
+    log_dir: Path,
+    *,
+    accept_delay: float = 0.0,
+    **extra_env: str,
 ) -> Platform:
+    """Start the catcher (answering each mail ``accept_delay`` seconds late) and the services."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
-    catcher = CatcherProcess(free_port(), free_port())
+    catcher = CatcherProcess(free_port(), free_port(), accept_delay=accept_delay)
     catcher.start()
     ports = {name: free_port() for name in SERVICE_NAMES}
     try:

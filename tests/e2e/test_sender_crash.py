@@ -3,7 +3,9 @@
 import functools
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,26 @@ from tests.e2e import harness
 pytestmark = pytest.mark.e2e
 
 BURST = 200
+# The catcher answers each mail this late, so the burst takes seconds at the receiving
+# end however fast the sender is, and the kill finds mail in flight.
+ACCEPT_DELAY = 0.1
+
+
+@pytest.fixture(scope="module")
+def platform(
+    fresh_database, kafka_bootstrap: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[harness.Platform]:
+    running = harness.start(
+        fresh_database("e2e"),
+        kafka_bootstrap,
+        repo_root,
+        tmp_path_factory.mktemp("logs"),
+        accept_delay=ACCEPT_DELAY,
+    )
+    try:
+        yield running
+    finally:
+        harness.stop(running)
 
 
 def test_sigkill_of_the_sender_mid_burst_loses_and_duplicates_nothing(platform: harness.Platform):

@@ -180,12 +180,19 @@ class MailStore:
 
 
 class _SmtpHandler:
-    """aiosmtpd handler that accepts every recipient and keeps the message."""
+    """aiosmtpd handler that accepts every recipient and keeps the message.
 
-    def __init__(self, store: MailStore) -> None:
+    ``accept_delay`` makes it answer DATA that many seconds late, as a busy receiving
+    server does; tests use it to catch a sender with mail in flight.
+    """
+
+    def __init__(self, store: MailStore, accept_delay: float = 0.0) -> None:
         self.store = store
+        self.accept_delay = accept_delay
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        if self.accept_delay:
+            await asyncio.sleep(self.accept_delay)
         raw = envelope.original_content or envelope.content or b""
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogateescape")
@@ -331,11 +338,16 @@ class _Server(uvicorn.Server):
 
 
 async def serve(
-    smtp_host: str, smtp_port: int, http_host: str, http_port: int, store_dir: Path | None
+    smtp_host: str,
+    smtp_port: int,
+    http_host: str,
+    http_port: int,
+    store_dir: Path | None,
+    accept_delay: float = 0.0,
 ) -> None:
     """Run SMTP and HTTP on the current loop until SIGTERM or SIGINT."""
     store = MailStore(store_dir)
-    handler = _SmtpHandler(store)
+    handler = _SmtpHandler(store, accept_delay)
     loop = asyncio.get_running_loop()
     smtp_server = await loop.create_server(
         lambda: SMTP(
@@ -381,9 +393,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-host", default="127.0.0.1")
     parser.add_argument("--http-port", type=int, default=8025)
     parser.add_argument("--store-dir", type=Path, default=None)
+    parser.add_argument(
+        "--accept-delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait before answering each message's DATA",
+    )
     args = parser.parse_args(argv)
     asyncio.run(
-        serve(args.smtp_host, args.smtp_port, args.http_host, args.http_port, args.store_dir)
+        serve(
+            args.smtp_host,
+            args.smtp_port,
+            args.http_host,
+            args.http_port,
+            args.store_dir,
+            args.accept_delay,
+        )
     )
     return 0
 
@@ -401,6 +426,7 @@ class CatcherProcess:
         echo: bool = False,
         log_path: Path | None = None,
         start_timeout: float = 30.0,
+        accept_delay: float = 0.0,
     ) -> None:
         self.smtp_port = smtp_port
         self.http_port = http_port
@@ -422,6 +448,8 @@ class CatcherProcess:
         ]
         if store_dir is not None:
             argv += ["--store-dir", str(store_dir)]
+        if accept_delay:
+            argv += ["--accept-delay", str(accept_delay)]
         self.process = ManagedProcess("catcher", argv, echo=echo, log_path=log_path)
         self._lock = threading.Lock()
 
