@@ -12,9 +12,5 @@ from tests.e2e import harness
 def platform(
     fresh_database, kafka_bootstrap: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[harness.Platform]:
-    log_dir = tmp_path_factory.mktemp("logs")
-    running = harness.start(fresh_database("e2e"), kafka_bootstrap, repo_root, log_dir)
-    try:
+    with harness.running(fresh_database, kafka_bootstrap, repo_root, tmp_path_factory) as running:
         yield running
-    finally:
-        harness.stop(running)

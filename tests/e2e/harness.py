@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stepmail_devstack.catcher import CatcherProcess
@@ -72,40 +74,38 @@ class Platform:
         return enrollments
 
 
-def start(
-    database_url: str,
+@contextmanager
+def running(
+    fresh_database: Callable[[str], str],
     kafka_bootstrap: str,
     repo_root: Path,
-    log_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
     *,
     accept_delay: float = 0.0,
     **extra_env: str,
-) -> Platform:
-    """Start the catcher (answering each mail ``accept_delay`` seconds late) and the services."""
+) -> Iterator[Platform]:
+    """The catcher (answering each mail ``accept_delay`` seconds late) and the five services
+    on a fresh database, stopped on the way out."""
     prefix = f"e2e{uuid.uuid4().hex[:8]}."
     catcher = CatcherProcess(free_port(), free_port(), accept_delay=accept_delay)
     catcher.start()
-    ports = {name: free_port() for name in SERVICE_NAMES}
     try:
         services = start_platform(
-            database_url,
+            fresh_database("e2e"),
             kafka_bootstrap,
             catcher.smtp_url,
             repo_root,
-            ports=ports,
+            ports={name: free_port() for name in SERVICE_NAMES},
             extra_env={"KAFKA_TOPIC_PREFIX": prefix, **extra_env},
-            log_dir=log_dir,
+            log_dir=tmp_path_factory.mktemp("logs"),
             ready_timeout=90,
         )
-    except BaseException:
+        try:
+            yield Platform(services, catcher, kafka_bootstrap, prefix)
+        finally:
+            stop_services(services.values())
+    finally:
         catcher.stop()
-        raise
-    return Platform(services, catcher, kafka_bootstrap, prefix)
-
-
-def stop(platform: Platform) -> None:
-    stop_services(platform.services.values())
-    platform.catcher.stop()
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:

@@ -104,18 +104,15 @@ def browser_platform(
     fresh_database, kafka_bootstrap: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[harness.Platform]:
     """The platform, with every click counted as a person's however soon after delivery."""
-    running = harness.start(
-        fresh_database("e2e"),
+    with harness.running(
+        fresh_database,
         kafka_bootstrap,
         repo_root,
-        tmp_path_factory.mktemp("logs"),
+        tmp_path_factory,
         TRACKER_MACHINE_WINDOW_SECONDS="0",
         ORCHESTRATOR_SEND_WINDOW="",
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        harness.stop(running)
 
 
 def _admin(platform: harness.Platform) -> dict[str, str]:

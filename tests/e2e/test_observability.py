@@ -145,18 +145,15 @@ def platform(
     collector: Collector,
 ) -> Iterator[harness.Platform]:
     """The five services exporting their spans to ``collector``, every 100 ms."""
-    running = harness.start(
-        fresh_database("e2e"),
+    with harness.running(
+        fresh_database,
         kafka_bootstrap,
         repo_root,
-        tmp_path_factory.mktemp("logs"),
+        tmp_path_factory,
         OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
         OTEL_BSP_SCHEDULE_DELAY="100",
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        harness.stop(running)
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,10 @@ ACCEPT_DELAY = 0.1
 def platform(
     fresh_database, kafka_bootstrap: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[harness.Platform]:
-    running = harness.start(
-        fresh_database("e2e"),
-        kafka_bootstrap,
-        repo_root,
-        tmp_path_factory.mktemp("logs"),
-        accept_delay=ACCEPT_DELAY,
-    )
-    try:
+    with harness.running(
+        fresh_database, kafka_bootstrap, repo_root, tmp_path_factory, accept_delay=ACCEPT_DELAY
+    ) as running:
         yield running
-    finally:
-        harness.stop(running)
 
 
 def test_sigkill_of_the_sender_mid_burst_loses_and_duplicates_nothing(platform: harness.Platform):
