@@ -5,10 +5,11 @@ ingest as its own process, and a load generator in another process: a small asyn
 HTTP/1.1 keep-alive client (raw sockets, so the generator costs little CPU on 2 cores).
 Every request must be answered 202, i.e. acknowledged by the broker.
 
-Besides the rates it reports ingest's CPU seconds per 1,000 requests / events (user +
-system of the ingest process, from ``/proc``), so runs on a shared machine compare, and
-the load average. ``BENCH_INGEST_PROFILE=<dir>`` records a py-spy profile (speedscope) of
-ingest in each phase into that directory.
+Besides the rates it reports the CPU seconds per 1,000 requests / events of ingest, the
+embedded broker (user + system, from ``/proc``) and the generator, so runs on a shared
+machine compare and show where the two cores go, and the load average.
+``BENCH_INGEST_PROFILE=<dir>`` records a py-spy profile (speedscope) of ingest in each
+phase into that directory.
 """
 
 import json
@@ -65,7 +66,10 @@ LOADGEN = textwrap.dedent(
         latencies.sort()
         n = len(latencies)
         p = lambda q: latencies[min(n - 1, int(q * n))] if n else 0
-        print(json.dumps({**counts, "seconds": elapsed, "p50": p(0.5), "p99": p(0.99)}))
+        print(json.dumps({
+            **counts, "seconds": elapsed, "p50": p(0.5), "p99": p(0.99),
+            "cpu_seconds": time.process_time(),
+        }))
 
     asyncio.run(main())
     """
@@ -133,6 +137,7 @@ def _spy(pid: int | None, out: Path, seconds: float) -> subprocess.Popen[bytes] 
 
 def _phase(
     service: ServiceProcess,
+    broker_pid: int | None,
     name: str,
     path: str,
     body: bytes,
@@ -140,14 +145,29 @@ def _phase(
     seconds: float,
     workdir: Path,
 ) -> dict[str, Any]:
-    """One load phase, with ingest's CPU seconds over it (and a profile when asked)."""
+    """One load phase, with the CPU seconds of ingest, the broker and the generator over it
+    (and a profile when asked)."""
     spy = _spy(service.pid, Path(f"ingest-{name}.json"), seconds)
-    cpu_before = tree_cpu_seconds(service.pid)
+    cpu_before = tree_cpu_seconds(service.pid), tree_cpu_seconds(broker_pid)
     result = _load("127.0.0.1", service.port, path, body, connections, seconds, workdir)
-    result["cpu_seconds"] = tree_cpu_seconds(service.pid) - cpu_before
+    result["generator_cpu_seconds"] = result.pop("cpu_seconds")
+    result["cpu_seconds"] = tree_cpu_seconds(service.pid) - cpu_before[0]
+    result["broker_cpu_seconds"] = tree_cpu_seconds(broker_pid) - cpu_before[1]
     if spy is not None:
         spy.wait(timeout=60)
     return result
+
+
+def _cores_busy(phase: dict[str, Any]) -> dict[str, float]:
+    """How many cores ingest, the broker and the generator kept busy during a phase."""
+    return {
+        who: round(phase[key] / phase["seconds"], 2)
+        for who, key in (
+            ("ingest", "cpu_seconds"),
+            ("broker", "broker_cpu_seconds"),
+            ("generator", "generator_cpu_seconds"),
+        )
+    }
 
 
 def _event(i: int) -> dict[str, Any]:
@@ -165,7 +185,8 @@ def main() -> dict[str, Any]:
         database_url, _ = backends.postgres(stack, workdir)
         name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
         ensure_database(database_url, name)
-        bootstrap, _ = backends.kafka(stack)
+        bootstrap, broker = backends.kafka(stack)
+        broker_pid = broker.pid if broker else None
         port = free_port()
         env = {
             **os.environ,
@@ -187,11 +208,20 @@ def main() -> dict[str, Any]:
         _load("127.0.0.1", port, "/v1/events", json.dumps(_event(0)).encode(), 16, 2, workdir)
         print(f"single events, {seconds:.0f} s, 64 connections ...", flush=True)
         single = _phase(
-            service, "single", "/v1/events", json.dumps(_event(1)).encode(), 64, seconds, workdir
+            service,
+            broker_pid,
+            "single",
+            "/v1/events",
+            json.dumps(_event(1)).encode(),
+            64,
+            seconds,
+            workdir,
         )
         batch_body = json.dumps({"events": [_event(i) for i in range(1000)]}).encode()
         print(f"batches of 1,000, {seconds:.0f} s, 4 connections ...", flush=True)
-        batch = _phase(service, "batch", "/v1/events:batch", batch_body, 4, seconds, workdir)
+        batch = _phase(
+            service, broker_pid, "batch", "/v1/events:batch", batch_body, 4, seconds, workdir
+        )
         load_average = os.getloadavg()
 
     single_rps = single["ok"] / single["seconds"]
@@ -211,8 +241,8 @@ def main() -> dict[str, Any]:
         "batch_cpu_seconds_per_1000_events": round(
             batch["cpu_seconds"] / max(batch["ok"] * 1000, 1) * 1000, 3
         ),
-        "ingest_cores_busy_single": round(single["cpu_seconds"] / single["seconds"], 2),
-        "ingest_cores_busy_batch": round(batch["cpu_seconds"] / batch["seconds"], 2),
+        "cores_busy_single": _cores_busy(single),
+        "cores_busy_batch": _cores_busy(batch),
         "load_average_1_5_15": [round(x, 2) for x in load_average],
         "goal_single_requests_per_second": 2000,
         "goal_batch_events_per_second": 20000,
@@ -231,9 +261,8 @@ def main() -> dict[str, Any]:
     per_request = figures["single_cpu_seconds_per_1000_requests"]
     print(f"{'ingest CPU s / 1,000 requests':32} {per_request:>10}")
     print(f"{'ingest CPU s / 1,000 events':32} {figures['batch_cpu_seconds_per_1000_events']:>10}")
-    print(
-        f"{'ingest cores busy single/batch':32}"
-        f" {figures['ingest_cores_busy_single']:>5}/{figures['ingest_cores_busy_batch']:<5}"
-    )
+    for phase in ("single", "batch"):
+        busy = figures[f"cores_busy_{phase}"]
+        print(f"{'cores busy, ' + phase:32} " + ", ".join(f"{k} {v}" for k, v in busy.items()))
     print(f"{'load average 1/5/15 min':32} {figures['load_average_1_5_15']}")
     return figures
