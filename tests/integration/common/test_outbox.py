@@ -23,7 +23,8 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_bootstrap: str):
     topic = f"outbox{uuid.uuid4().hex[:8]}.contact-events"
     schema = f"outbox_{uuid.uuid4().hex[:8]}"
-    events = [erased(f"c-{i}") for i in range(3)]
+    # More than one event per key, so that the order they were added in shows on the topic.
+    events = [erased(f"c-{i % 7}") for i in range(40)]
 
     async def scenario() -> int:
         await ensure_topics(kafka_bootstrap, [topic], 1)
@@ -43,8 +44,13 @@ def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_b
                     await add(
                         conn,
                         [
-                            OutboxEvent(topic, e.subject, e, trace={"traceparent": TRACEPARENT})
-                            for e in events
+                            OutboxEvent(
+                                topic,
+                                e.subject,
+                                e,
+                                trace={"traceparent": TRACEPARENT} if i % 2 else None,
+                            )
+                            for i, e in enumerate(events)
                         ],
                     )
             async with EventProducer(kafka_bootstrap, "test", enable_idempotence=False) as p:
@@ -56,8 +62,9 @@ def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_b
             await pool.close()
 
     assert asyncio.run(scenario()) == 0
-    records = asyncio.run(read_records(kafka_bootstrap, topic, 3))
+    records = asyncio.run(read_records(kafka_bootstrap, topic, len(events)))
     assert [parse_event(r) for r in records] == events
-    for record in records:
-        assert dict(record.headers)["traceparent"] == TRACEPARENT.encode()
+    for i, record in enumerate(records):
+        traceparent = dict(record.headers).get("traceparent")
+        assert traceparent == (TRACEPARENT.encode() if i % 2 else None)
         assert record.key == parse_event(record).subject.encode()

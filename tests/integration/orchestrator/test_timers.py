@@ -745,3 +745,40 @@ async def test_a_scenario_entered_and_triggered_by_one_event_enrolls_once(env):
         ("c-2", "b-second"),
     ]
     assert sorted(c for c, *_ in await env.mails()) == ["c-1", "c-2"]
+
+
+async def test_a_pass_repeating_a_change_has_the_meaning_it_had_row_by_row(env):
+    """A pass's writes are set-based: of two finishes the first counts (the second would
+    find the enrollment ended), of two schedules the last, of two touches the latest."""
+    await env.scenario(
+        {
+            "id": "pair",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [
+                {"id": "now", "send": {"template": "p1"}},
+                {"id": "later", "wait": "1d", "send": {"template": "p2"}},
+            ],
+        }
+    )
+    await env.event("c-f", "signup")
+    await env.event("c-s", "signup")
+    finished, scheduled = await env.enrollment("c-f"), await env.enrollment("c-s")
+    at = START + _days(1)
+    writes = repository.PendingWrites()
+    writes.finish(finished["id"], "exited", at, "opted_out")
+    writes.finish(finished["id"], "completed", at + _days(1))
+    writes.schedule(scheduled["id"], 5, at)
+    writes.schedule(scheduled["id"], 7, at + _days(1))
+    writes.touch_marketing("c-f", at + _days(2))
+    writes.touch_marketing("c-f", at)
+    async with env.pool.acquire() as conn, conn.transaction():
+        await writes.flush(conn)
+    assert not writes.pending
+
+    finished, scheduled = await env.enrollment("c-f"), await env.enrollment("c-s")
+    assert (finished["status"], finished["exit_reason"]) == ("exited", "opted_out")
+    assert finished["next_due_at"] is None
+    assert (scheduled["step_index"], scheduled["next_due_at"]) == (7, at + _days(1))
+    touched = await env.pool.fetchval("SELECT last_marketing_at FROM contacts WHERE id = 'c-f'")
+    assert touched == at + _days(2)

@@ -59,13 +59,21 @@ async def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     """Write ``events`` in the caller's transaction, each checked against its schema first
     (``InvalidEventError``), so the relay publishes them as they are stored."""
     current = telemetry.trace_carrier()
-    rows = []
+    docs = []
     for e in events:
         doc = e.event.to_dict()
         validate(doc)
-        rows.append((e.topic, e.key, doc, e.trace or current))
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, event, trace) VALUES ($1, $2, $3, $4)", rows
+        docs.append(doc)
+    # One statement for all rows (not one execution per row); ids follow the given order.
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, event, trace)"
+        " SELECT topic, key, event, trace"
+        " FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[])"
+        " WITH ORDINALITY AS v(topic, key, event, trace, n) ORDER BY n",
+        [e.topic for e in events],
+        [e.key for e in events],
+        docs,
+        [e.trace or current for e in events],
     )
 
 

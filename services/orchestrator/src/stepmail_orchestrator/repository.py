@@ -423,6 +423,11 @@ async def scenario_statuses(conn: Connection) -> dict[str, str]:
     }
 
 
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows (at least one) as column lists: the parameters of an ``unnest`` of arrays."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
 @dataclass
 class PendingWrites:
     """State changes of one pass, written together: a few round trips instead of a few per
@@ -506,38 +511,62 @@ class PendingWrites:
         self.touches.append((contact_id, at))
 
     async def flush(self, conn: Connection) -> None:
+        """One set-based statement per kind of change (not one execution per row)."""
         if self.enrollments:
-            await conn.executemany(
+            await conn.execute(
                 "INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id,"
-                " trigger_event, status, created_at, ended_at) VALUES ($1, $2, $3, $4, $5,"
-                " $6::text, $7::timestamptz,"
-                " CASE WHEN $6::text = 'active' THEN NULL ELSE $7::timestamptz END)",
-                self.enrollments,
+                " trigger_event, status, created_at, ended_at)"
+                " SELECT id, scenario_id, scenario_version, contact_id, trigger_event, status,"
+                " created_at, CASE WHEN status = 'active' THEN NULL ELSE created_at END"
+                " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::jsonb[],"
+                " $6::text[], $7::timestamptz[]) AS v(id, scenario_id, scenario_version,"
+                " contact_id, trigger_event, status, created_at)",
+                *_columns(self.enrollments),
             )
         if self.outbox:
             await add_to_outbox(conn, self.outbox)
         if self.messages:
-            await conn.executemany(
+            await conn.execute(
                 "INSERT INTO messages (message_id, enrollment_id, scenario_id, step_id, variant,"
-                " contact_id, mail_kind, requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " contact_id, mail_kind, requested_at)"
+                " SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[],"
+                " $5::text[], $6::text[], $7::text[], $8::timestamptz[])"
                 " ON CONFLICT DO NOTHING",
-                self.messages,
+                *_columns(self.messages),
             )
         if self.touches:
-            # In id order, so that concurrent passes lock contacts in one order: no deadlock.
-            await conn.executemany(
-                "UPDATE contacts SET last_marketing_at = $2 WHERE id = $1", sorted(self.touches)
+            # The latest time per contact, in id order, so that concurrent passes lock
+            # contacts in one order: no deadlock.
+            latest = dict(sorted(self.touches))
+            await conn.execute(
+                "UPDATE contacts c SET last_marketing_at = v.at"
+                " FROM (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS v(id, at)"
+                " ORDER BY id) AS v WHERE c.id = v.id",
+                list(latest),
+                list(latest.values()),
             )
         if self.schedules:
-            await conn.executemany(
-                "UPDATE enrollments SET step_index = $2, next_due_at = $3 WHERE id = $1",
-                self.schedules,
+            # One row per enrollment: the last schedule of the pass wins, as it would row by row.
+            last = {row[0]: row for row in self.schedules}
+            await conn.execute(
+                "UPDATE enrollments e SET step_index = v.step_index, next_due_at = v.due"
+                " FROM unnest($1::uuid[], $2::int[], $3::timestamptz[]) AS v(id, step_index, due)"
+                " WHERE e.id = v.id",
+                *_columns(list(last.values())),
             )
         if self.finishes:
-            await conn.executemany(
-                "UPDATE enrollments SET status = $2, next_due_at = NULL, ended_at = $3,"
-                " exit_reason = $4, converted = $5 WHERE id = $1 AND status = 'active'",
-                self.finishes,
+            # The first finish of an enrollment wins: row by row, the later ones would find
+            # it no longer active.
+            first: dict[uuid.UUID, tuple[Any, ...]] = {}
+            for row in self.finishes:
+                first.setdefault(row[0], row)
+            await conn.execute(
+                "UPDATE enrollments e SET status = v.status, next_due_at = NULL,"
+                " ended_at = v.at, exit_reason = v.reason, converted = v.converted"
+                " FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::bool[])"
+                " AS v(id, status, at, reason, converted)"
+                " WHERE e.id = v.id AND e.status = 'active'",
+                *_columns(list(first.values())),
             )
         self.enrollments.clear()
         self.entries.clear()
