@@ -7,6 +7,7 @@ import hmac
 import random
 import re
 import unicodedata
+from email.header import Header
 from html.parser import HTMLParser
 from typing import Any
 
@@ -371,3 +372,59 @@ def test_plain_mail_markup_is_read_without_the_parser(body: str):
 def test_markup_only_the_parser_reads_right_is_left_to_it(body: str):
     assert not htmltext._read_plain(body, htmltext._TextWriter())
     assert html_to_text(body) == _reference_html_to_text(body)
+
+
+_JIS_TEXT = st.text(
+    st.sampled_from([*"aZ 09=?()\\\t¥‾あ漢字ー〜アｱ①髙", "\x85", "\u2028", "。"]),
+    min_size=1,
+    max_size=80,
+)
+_FIELD_NAMES = st.sampled_from(["Subject", "To", "From", "X-" + "N" * 40, "X-" + "N" * 60])
+
+
+def _header_outcome(call: Any, *args: str) -> str:
+    try:
+        return str(call(*args))
+    except UnicodeEncodeError as exc:
+        return f"refused: {exc}"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_JIS_TEXT, _FIELD_NAMES)
+def test_jis_encoded_words_are_the_compat32_headers(text: str, name: str):
+    def reference(text: str, name: str) -> str:
+        header = Header(text, "iso-2022-jp", maxlinelen=mime.MAX_ENCODED_LINE, header_name=name)
+        return header.encode(linesep="\r\n")
+
+    expected = _header_outcome(reference, text, name)
+    assert _header_outcome(mime._jis_words, text, name) == expected
+
+
+def test_jis_encoded_words_fold_long_names_as_the_compat32_header():
+    name = "Subject"
+    text = "件名がとても長いので、いくつもの encoded-word に分けて折り返されます。" * 3
+    header = Header(text, "iso-2022-jp", maxlinelen=mime.MAX_ENCODED_LINE, header_name=name)
+    words = mime._jis_words(text, name)
+    assert words == header.encode(linesep="\r\n")
+    assert words.count("\r\n") >= 3
+
+
+def _jis_body_reference(content: str, html: bool) -> str:
+    lines: list[bytes] = []
+    for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        encoded = line.encode(iso2022jp.CODEC)
+        fits = len(encoded) <= mime.MAX_BODY_LINE
+        lines.extend([encoded] if fits else mime._split_long(line, html))
+    return (b"\r\n".join(lines) + b"\r\n").decode("ascii")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "あ", "¥", "‾", "\n", "\r\n", "\r", "<p>", "漢字" * 200, "x" * 500]),
+        max_size=40,
+    ).map("".join),
+    st.booleans(),
+)
+def test_jis_bodies_encoded_whole_are_their_lines_encoded_one_by_one(content: str, html: bool):
+    assert mime._jis_body(content, html) == _jis_body_reference(content, html)
