@@ -11,8 +11,9 @@ from stepmail_common.events import derived_id, validate
 from stepmail_sender import metrics, repository
 from stepmail_sender.delivery import RetryPolicy
 from stepmail_sender.domain import Outcome
+from stepmail_sender.ledger import Ledger
 from stepmail_sender.repository import OWNER_LOCK_CLASS
-from tests.integration.sender.conftest import SCHEMA, rendered
+from tests.integration.sender.conftest import EVENTS_TOPIC, SCHEMA, rendered
 
 pytestmark = pytest.mark.integration
 
@@ -277,8 +278,8 @@ async def test_live_owner_is_waited_for_not_skipped(
             await asyncio.sleep(0.02)
         assert not task.done()
         # The other process records its answer; only then does the handler return.
-        await repository.finish_many(
-            conn, [(claimed, Outcome("sent", 250, "2.0.0 Ok"))], datetime.now(UTC)
+        await Ledger(sender_pool, EVENTS_TOPIC).finish(
+            claimed, Outcome("sent", 250, "2.0.0 Ok"), datetime.now(UTC)
         )
         done = await asyncio.wait_for(task, timeout=10)
     finally:

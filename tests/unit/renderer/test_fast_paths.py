@@ -7,14 +7,19 @@ import hmac
 import random
 import re
 import unicodedata
+from email.header import Header
+from html.parser import HTMLParser
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stepmail_common.signing import Signer
-from stepmail_renderer import footer, iso2022jp, mime
+from stepmail_renderer import footer, htmltext, iso2022jp, mime
 from stepmail_renderer.filters import FilterError, yen
+from stepmail_renderer.htmltext import html_to_text
 from stepmail_renderer.sandbox import compile_template, environment, render
 from stepmail_renderer.tokens import TokenSigner
 from tests.unit.renderer.helpers import render as render_mail
@@ -209,3 +214,217 @@ def test_the_footer_goes_before_the_last_closing_body_tag(body: str):
     ends = list(re.finditer(r"</body\s*>", body, re.IGNORECASE))
     at = ends[-1].start() if ends else len(body)
     assert footer.append_to_html(body, "[F]") == body[:at] + "[F]" + body[at:]
+
+
+class _ReferenceTextWriter(HTMLParser):
+    """``html_to_text`` as written on ``HTMLParser`` alone: what the fast reader must give."""
+
+    blocks = frozenset(
+        {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr", "ul"}
+        | {"ol"}
+    )
+    hidden_tags = frozenset({"head", "style", "script", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden = 0
+        self.href: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.hidden_tags:
+            self.hidden += 1
+        elif tag in self.blocks:
+            self.parts.append("\n")
+        if tag == "a":
+            self.href = dict(attrs).get("href")
+        if tag == "li":
+            self.parts.append("・")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.hidden_tags:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self.blocks:
+            self.parts.append("\n")
+        if tag == "a" and self.href:
+            if self.href.lower().startswith(("http://", "https://")):
+                self.parts.append(f" {self.href} ")
+            self.href = None
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+
+def _reference_html_to_text(body: str) -> str:
+    writer = _ReferenceTextWriter()
+    writer.feed(body)
+    writer.close()
+    text = "\n".join(line.strip() for line in "".join(writer.parts).split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+_NAMES = st.sampled_from(["a", "a", "A", "p", "br", "li", "title", "style", "SCRIPT", "x-y"])
+_SPACE = st.sampled_from([" ", "\n", "\t", "\r\n", "\f", "\v", "\u3000", "\xa0", ""])
+_VALUES = st.sampled_from(
+    [
+        '"https://ex.jp/a?b=1&amp;c=2"',
+        "'http://ex.jp/'",
+        "https://ex.jp/x/",
+        '""',
+        "x/",
+        "=x",
+        "a=b",
+        "a<b",
+        'a"b',
+        "'>'",
+        '"a\'b"',
+        "&lt;",
+        "&#x68;ttp://e.jp",
+        "",
+        "'",
+        "HTTP://X",
+        "/",
+        "x",
+    ]
+)
+_ATTRIBUTE = st.tuples(
+    _SPACE, st.sampled_from(["href", "HREF", "class", "a:b", "_u", "@x", "v"]), _SPACE
+).map("".join) | st.tuples(
+    _SPACE,
+    st.sampled_from(["href", "Href", "alt"]),
+    _SPACE,
+    st.sampled_from(["=", "==", "= "]),
+    _SPACE,
+    _VALUES,
+).map("".join)
+_START = st.tuples(
+    st.just("<"), _NAMES, st.lists(_ATTRIBUTE, max_size=3).map("".join), _SPACE,
+    st.sampled_from([">", "/>", "/ >", ""]),
+).map("".join)  # fmt: skip
+_END = st.tuples(st.sampled_from(["</", "</ "]), _NAMES, _SPACE, st.just(">")).map("".join)
+_TEXT = st.sampled_from(
+    [
+        "text",
+        " ",
+        "\n",
+        "あいう",
+        "&amp;",
+        "&nbsp;x",
+        "&#12354;",
+        "&bogus;",
+        "&",
+        "a &b",
+        "&lt",
+        "https://ex.jp/t",
+        "\u3000",
+        "<",
+        ">",
+        "<!-- c -->",
+        "<!--",
+        "-- >",
+        "<!DOCTYPE html>",
+        "<![CDATA[x]]>",
+        "<?pi?>",
+        "<!x>",
+        "</>",
+        "</ſcript>",
+        "</style >",
+        "<>",
+        "-->",
+    ]
+)
+_MARKUP = st.lists(_START | _END | _TEXT | st.just("</a>"), max_size=30).map("".join)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_MARKUP)
+def test_text_from_html_is_what_the_html_parser_reads(body: str):
+    assert html_to_text(body) == _reference_html_to_text(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<!DOCTYPE html><html><head><title>t</title><style>p { color: red; }</style></head>"
+        "<body><!-- [if mso]><table><![endif] --><p class=\"x\" data-a='1'>本文&amp;</p>"
+        '<a href="https://example.jp/a?b=1&amp;c=2">link</a><br/><img src=x.png alt=""></body>',
+        "<p>a<a href=https://example.jp/x/>x</a><ul><li>1<li>2</ul></p>",
+    ],
+)
+def test_plain_mail_markup_is_read_without_the_parser(body: str):
+    assert htmltext._read_plain(body, htmltext._TextWriter())
+    assert html_to_text(body) == _reference_html_to_text(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<p>a < b</p>",
+        "<![CDATA[x]]><p>y</p>",
+        "<script>if (a < b) {}</script><p>z</p>",
+        "<style>p {}</style\u3000><p>z</p>",
+        "<script>x</ſcript>y</script>z",
+        '<a href=="x">y</a>',
+        "<p>open <style>never closed",
+    ],
+)
+def test_markup_only_the_parser_reads_right_is_left_to_it(body: str):
+    assert not htmltext._read_plain(body, htmltext._TextWriter())
+    assert html_to_text(body) == _reference_html_to_text(body)
+
+
+_JIS_TEXT = st.text(
+    st.sampled_from([*"aZ 09=?()\\\t¥‾あ漢字ー〜アｱ①髙", "\x85", "\u2028", "。"]),
+    min_size=1,
+    max_size=80,
+)
+_FIELD_NAMES = st.sampled_from(["Subject", "To", "From", "X-" + "N" * 40, "X-" + "N" * 60])
+
+
+def _header_outcome(call: Any, *args: str) -> str:
+    try:
+        return str(call(*args))
+    except UnicodeEncodeError as exc:
+        return f"refused: {exc}"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_JIS_TEXT, _FIELD_NAMES)
+def test_jis_encoded_words_are_the_compat32_headers(text: str, name: str):
+    def reference(text: str, name: str) -> str:
+        header = Header(text, "iso-2022-jp", maxlinelen=mime.MAX_ENCODED_LINE, header_name=name)
+        return header.encode(linesep="\r\n")
+
+    expected = _header_outcome(reference, text, name)
+    assert _header_outcome(mime._jis_words, text, name) == expected
+
+
+def test_jis_encoded_words_fold_long_names_as_the_compat32_header():
+    name = "Subject"
+    text = "件名がとても長いので、いくつもの encoded-word に分けて折り返されます。" * 3
+    header = Header(text, "iso-2022-jp", maxlinelen=mime.MAX_ENCODED_LINE, header_name=name)
+    words = mime._jis_words(text, name)
+    assert words == header.encode(linesep="\r\n")
+    assert words.count("\r\n") >= 3
+
+
+def _jis_body_reference(content: str, html: bool) -> str:
+    lines: list[bytes] = []
+    for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        encoded = line.encode(iso2022jp.CODEC)
+        fits = len(encoded) <= mime.MAX_BODY_LINE
+        lines.extend([encoded] if fits else mime._split_long(line, html))
+    return (b"\r\n".join(lines) + b"\r\n").decode("ascii")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "あ", "¥", "‾", "\n", "\r\n", "\r", "<p>", "漢字" * 200, "x" * 500]),
+        max_size=40,
+    ).map("".join),
+    st.booleans(),
+)
+def test_jis_bodies_encoded_whole_are_their_lines_encoded_one_by_one(content: str, html: bool):
+    assert mime._jis_body(content, html) == _jis_body_reference(content, html)

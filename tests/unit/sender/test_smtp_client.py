@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from stepmail_sender.smtp import SmtpTransport, Verdict, data_payload, parse_smtp_url
+from stepmail_sender.smtp import SmtpPool, SmtpTransport, Verdict, data_payload, parse_smtp_url
 
 Answer = Callable[[bytes], bytes | None]
 
@@ -25,6 +25,13 @@ class RawServer:
 
     pipelining: bool = True
     wait_for_data: bool = False
+    # The reply to each of the first ``hold_for_next`` messages waits for the next MAIL,
+    # which only a client that writes the next mail's commands ahead sends.
+    hold_for_next: int = 0
+    # The connection is cut right after this many messages were received in all.
+    abort_after: int | None = None
+    # Seconds before the first message is answered.
+    first_reply_delay: float = 0.0
     rcpt_reply: bytes = b"250 2.1.5 Ok"
     messages: list[bytes] = field(default_factory=list)
     commands: list[bytes] = field(default_factory=list)
@@ -37,6 +44,7 @@ class RawServer:
         self.writers.append(writer)
         writer.write(b"220 raw ESMTP\r\n")
         held: list[bytes] = []
+        owed = b""
         try:
             while line := await reader.readline():
                 command = line.strip().upper()
@@ -45,6 +53,8 @@ class RawServer:
                     offered = b"250-raw\r\n" + (b"250-PIPELINING\r\n" if self.pipelining else b"")
                     writer.write(offered + b"250 8BITMIME\r\n")
                 elif command.startswith(b"MAIL"):
+                    writer.write(owed)
+                    owed = b""
                     held.append(b"250 2.1.0 Ok\r\n")
                 elif command.startswith(b"RCPT"):
                     held.append(self.rcpt_reply + b"\r\n")
@@ -55,7 +65,16 @@ class RawServer:
                     held.clear()
                     if not refused:
                         self.messages.append(await reader.readuntil(b"\r\n.\r\n"))
-                        writer.write(b"250 2.0.0 Ok: queued\r\n")
+                        if len(self.messages) == self.abort_after:
+                            writer.transport.abort()
+                            return
+                        if len(self.messages) == 1:
+                            await asyncio.sleep(self.first_reply_delay)
+                        if self.hold_for_next > 0:
+                            self.hold_for_next -= 1
+                            owed = b"250 2.0.0 Ok: queued\r\n"
+                        else:
+                            writer.write(b"250 2.0.0 Ok: queued\r\n")
                 elif command == b"QUIT":
                     writer.write(b"221 bye\r\n")
                     break
@@ -261,3 +280,90 @@ async def test_starttls_and_auth_before_the_mail(tmp_path) -> None:
     assert reply.verdict is Verdict.ACCEPTED, reply
     assert seen == {"tls": True, "login": b"user@x"}
     assert (refused.verdict, refused.code) == (Verdict.CONNECTION, 535), refused
+
+
+def numbered(n: int) -> bytes:
+    return f"Subject: mail {n}\r\n\r\nbody {n}\r\n".encode()
+
+
+def received(n: int) -> bytes:
+    return numbered(n) + b".\r\n"
+
+
+async def test_queued_mails_commands_go_out_with_the_message_before(
+    raw_server: RawServer,
+) -> None:
+    # Each message is answered only once the next mail's MAIL arrived: a client that
+    # waits for the answer before writing the next commands would time out.
+    raw_server.hold_for_next = 3
+    transport = transport_for(raw_server, timeout=1.0)
+    try:
+        replies = await asyncio.gather(
+            *(transport.send("n@example.com", f"{n}@example.org", numbered(n)) for n in range(4))
+        )
+    finally:
+        await transport.close()
+    assert [r.verdict for r in replies] == [Verdict.ACCEPTED] * 4
+    assert raw_server.messages == [received(n) for n in range(4)]
+    assert raw_server.connections == 1
+
+
+async def test_a_break_under_a_message_leaves_the_queued_mail_unsent_and_retried(
+    raw_server: RawServer,
+) -> None:
+    raw_server.abort_after = 1
+    transport = transport_for(raw_server)
+    try:
+        first, second = await asyncio.gather(
+            transport.send("n@example.com", "a@example.org", numbered(0)),
+            transport.send("n@example.com", "b@example.org", numbered(1)),
+        )
+    finally:
+        await transport.close()
+    # The first message reached the server before the break: nobody knows its fate.
+    assert first.verdict is Verdict.UNKNOWN
+    # The second had only its commands written: it goes once, on a new connection.
+    assert second.verdict is Verdict.ACCEPTED
+    assert raw_server.messages == [received(0), received(1)]
+    assert raw_server.connections == 2
+
+
+async def test_a_queued_mail_given_up_after_its_commands_went_ahead_spoils_the_connection(
+    raw_server: RawServer,
+) -> None:
+    raw_server.first_reply_delay = 0.3
+    transport = transport_for(raw_server)
+    try:
+        first = asyncio.create_task(transport.send("n@example.com", "a@example.org", numbered(0)))
+        given_up = asyncio.create_task(
+            transport.send("n@example.com", "b@example.org", numbered(1))
+        )
+        await asyncio.sleep(0.1)
+        given_up.cancel()
+        assert (await first).verdict is Verdict.ACCEPTED
+        # The server answers the given-up mail's commands; those replies must not be
+        # read as the next mail's, so the next mail takes a new connection.
+        later = [
+            await transport.send("n@example.com", "c@example.org", numbered(n)) for n in (2, 3)
+        ]
+    finally:
+        await transport.close()
+    assert given_up.cancelled()
+    assert [r.verdict for r in later] == [Verdict.ACCEPTED] * 2
+    assert raw_server.messages == [received(0), received(2), received(3)]
+    assert raw_server.connections == 2
+
+
+async def test_the_pool_queues_a_few_mails_on_each_connection(raw_server: RawServer) -> None:
+    raw_server.hold_for_next = 2
+    url = parse_smtp_url(f"smtp://127.0.0.1:{raw_server.port}")
+    pool = SmtpPool(url, timeout=1.0, size=1, depth=3)
+    try:
+        replies = await asyncio.gather(
+            *(pool.send("n@example.com", f"{n}@example.org", numbered(n)) for n in range(3))
+        )
+    finally:
+        await pool.close()
+    assert [r.verdict for r in replies] == [Verdict.ACCEPTED] * 3
+    assert raw_server.messages == [received(n) for n in range(3)]
+    assert raw_server.connections == 1

@@ -22,6 +22,7 @@ MAX_ENCODED_WORD = 75
 MAX_ENCODED_LINE = 76
 MAX_LINE = 998
 _WORD_OVERHEAD = len("=?UTF-8?B??=")
+_JIS_WORD_OVERHEAD = len(f"=?{JIS}?b??=")
 _ADDRESS = re.compile(r"^[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-\[\]:]+$")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 _AFTER_TAG = re.compile(r"(?<=>)")
@@ -108,9 +109,49 @@ def mailbox(name: str, display_name: str | None, address: str) -> str:
     return _join(prefix, words) + separator + tail
 
 
+def _jis_word(chunk: bytes) -> str:
+    return f"=?{JIS}?b?{base64.b64encode(chunk).decode('ascii')}?="
+
+
 def _jis_words(text: str, name: str) -> str:
-    encoded = Header(text, JIS, maxlinelen=MAX_ENCODED_LINE, header_name=name).encode(linesep=CRLF)
-    return encoded
+    """``text`` as ISO-2022-JP encoded-words, folded exactly as the compat32 ``Header`` does.
+
+    ``Header`` grows each word a character at a time, encoding the whole word again for
+    each. A prefix never encodes shorter than a shorter prefix (escape sequences only
+    move or add), so the longest prefix that fits is found by bisection instead, and the
+    words are the same. Text ``Header`` would split into lines, or whose first character
+    does not fit beside the field name, is left to ``Header`` itself.
+    """
+    encoded = text.encode(JIS)  # refuses what Header refuses, with the same error
+    first = MAX_ENCODED_LINE - len(name) - 2 - _JIS_WORD_OVERHEAD
+    if len(text.splitlines()) != 1 or first < _JIS_WORD_OVERHEAD:
+        header = Header(text, JIS, maxlinelen=MAX_ENCODED_LINE, header_name=name)
+        return header.encode(linesep=CRLF)
+    budget = (first // 4) * 3
+    if len(encoded) <= budget:
+        return _jis_word(encoded)
+    words: list[str] = []
+    start, end = 0, len(text)
+    while start < end:
+        chunk = text[start:].encode(JIS)
+        if len(chunk) <= budget:
+            words.append(_jis_word(chunk))
+            break
+        # The longest text[start:stop] that fits: ``low`` fits, ``high`` does not.
+        low, high = start, end
+        while high - low > 1:
+            middle = (low + high) // 2
+            if len(text[start:middle].encode(JIS)) <= budget:
+                low = middle
+            else:
+                high = middle
+        if low == start:  # not even one character fits: Header's odd lines, not ours
+            header = Header(text, JIS, maxlinelen=MAX_ENCODED_LINE, header_name=name)
+            return header.encode(linesep=CRLF)
+        words.append(_jis_word(text[start:low].encode(JIS)))
+        start = low
+        budget = ((MAX_ENCODED_LINE - 1 - _JIS_WORD_OVERHEAD) // 4) * 3
+    return (CRLF + " ").join(words)
 
 
 def jis_unstructured(name: str, text: str) -> str:
@@ -209,10 +250,21 @@ def _split_long(line: str, html: bool) -> list[bytes]:
 
 
 def _jis_body(content: str, html: bool) -> str:
-    lines: list[bytes] = []
-    for line in content.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        encoded = line.encode(JIS)
-        lines.extend([encoded] if len(encoded) <= MAX_BODY_LINE else _split_long(line, html))
+    """The body as ISO-2022-JP lines of CRLF, each within ``MAX_BODY_LINE`` octets.
+
+    The encoder goes back to ASCII before every line break, so the whole body encoded at
+    once is its lines encoded one by one, joined: it is encoded once, and only lines
+    that turn out too long are encoded again to be folded.
+    """
+    if "\r" in content:
+        content = content.replace("\r\n", "\n").replace("\r", "\n")
+    encoded = content.encode(JIS)
+    lines = encoded.split(b"\n")
+    if max(map(len, lines)) > MAX_BODY_LINE:
+        folded: list[bytes] = []
+        for line, text in zip(lines, content.split("\n"), strict=True):
+            folded.extend([line] if len(line) <= MAX_BODY_LINE else _split_long(text, html))
+        lines = folded
     return (b"\r\n".join(lines) + b"\r\n").decode("ascii")
 
 

@@ -318,7 +318,13 @@ class Deliverer:
     async def _send_one(
         self, claimed: Delivery, parcel: Parcel, carrier: dict[str, str] | None = None
     ) -> Outcome | Reply:
-        """One handover in a client span, in the mail's trace (``carrier``) when known."""
+        """One handover in a client span, in the mail's trace (``carrier``) when known.
+
+        Without a tracer provider no span is made: even the API's no-op span costs more
+        per mail than the rest of the bookkeeping, and there is nothing to record it.
+        """
+        if not telemetry.recording():
+            return await self._hand_over(claimed, parcel)
         with tracer.start_as_current_span(
             "handover",
             context=telemetry.context_from_carrier(carrier),

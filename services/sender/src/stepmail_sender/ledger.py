@@ -7,6 +7,7 @@ publish delays the event; it never loses it.
 """
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -15,10 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from stepmail_common import event_types
-from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.outbox import OutboxEvent
-from stepmail_common.outbox import add as add_to_outbox
+from stepmail_common import event_types, telemetry
+from stepmail_common.events import CloudEvent, derived_id, validate
 from stepmail_sender import repository
 from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
@@ -32,6 +31,21 @@ _EVENT_TYPES = {
     "deferred": event_types.DELIVERY_DEFERRED,
     "suppressed": event_types.DELIVERY_SUPPRESSED,
 }
+
+
+def _finished(claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery:
+    """The row of a claimed attempt once its outcome is recorded."""
+    return dataclasses.replace(
+        claimed,
+        state=outcome.state,
+        smtp_code=outcome.code,
+        smtp_response=outcome.text,
+        bounce=outcome.bounce,
+        dsn=outcome.dsn,
+        next_attempt_at=outcome.next_attempt_at,
+        updated_at=at,
+        finished_at=None if outcome.state == "deferred" else at,
+    )
 
 
 def _iso(at: datetime) -> str:
@@ -104,19 +118,26 @@ class Ledger:
     ) -> None:
         """Outbox events of ``deliveries``, each in its mail's trace when ``traces`` has it."""
         if deliveries:
-            traces = traces or {}
-            await add_to_outbox(
-                conn,
-                [
-                    OutboxEvent(
-                        self._topic,
-                        d.contact_id,
-                        delivery_event(d, at),
-                        traces.get(d.message_id),
-                    )
-                    for d in deliveries
-                ],
+            await repository.add_events(
+                conn, self._topic, self._outbox_rows(deliveries, at, traces)
             )
+
+    @staticmethod
+    def _outbox_rows(
+        deliveries: Sequence[Delivery],
+        at: datetime,
+        traces: Mapping[str, dict[str, str]] | None,
+    ) -> list[repository.OutboxRow]:
+        """Each row's delivery event, checked against its schema (``InvalidEventError``),
+        with the mail's trace or else the current one."""
+        traces = traces or {}
+        current = telemetry.trace_carrier() or None
+        rows: list[repository.OutboxRow] = []
+        for d in deliveries:
+            doc = delivery_event(d, at).to_dict()
+            validate(doc)
+            rows.append((d.contact_id, doc, traces.get(d.message_id) or current))
+        return rows
 
     def address_hash(self, address: str) -> str:
         return address_hash(self._key, address)
@@ -149,27 +170,36 @@ class Ledger:
         traces: Mapping[str, dict[str, str]] | None = None,
         parcels: Mapping[str, Parcel] | None = None,
     ) -> list[Delivery]:
-        """Record outcomes; hard bounces suppress the address in the same transaction.
+        """Record outcomes with their events; hard bounces suppress the address with them.
 
-        ``parcels`` are the mails in hand: a deferred one is stored to be sent later.
+        ``parcels`` are the mails in hand: a deferred one is stored to be sent later. The
+        rows are written as the statement will leave them, so their events are made
+        before it runs; a claim lost meanwhile records nothing and is left out.
         """
         if not done:
             return []
-        async with self._pool.acquire() as conn, conn.transaction():
-            finished = await repository.finish_many(conn, done, at, parcels)
-            await self._with_events(finished, conn, at, traces)
-            hard = {d.message_id for d in finished if d.bounce == "hard"}
-            for claimed, _ in done:
-                if claimed.message_id in hard:
-                    row_hash = await conn.fetchval(
-                        "SELECT rcpt_hash FROM deliveries WHERE message_id = $1",
-                        claimed.message_id,
-                    )
-                    if row_hash is not None:
-                        await repository.suppress(conn, "address", row_hash, "*", "bounced")
-        if finished:
+        parcels = parcels or {}
+        finished = [_finished(claimed, outcome, at) for claimed, outcome in done]
+        events = self._outbox_rows(finished, at, traces)
+        recorded = await repository.finish_many(
+            self._pool,
+            [
+                (
+                    claimed,
+                    outcome,
+                    parcels.get(claimed.message_id) if outcome.state == "deferred" else None,
+                    event,
+                    trace,
+                )
+                for (claimed, outcome), (_, event, trace) in zip(done, events, strict=True)
+            ],
+            done[0][0].owner or 0,
+            at,
+            self._topic,
+        )
+        if recorded:
             self.outbox_ready.set()
-        return finished
+        return [d for d in finished if d.message_id in recorded]
 
     async def suppress_address(self, address: str, mail_kind: str, reason: str) -> bool:
         return await repository.suppress(

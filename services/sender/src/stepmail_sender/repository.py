@@ -5,7 +5,7 @@ row in ``sending``, on its owner and attempt), so two processes can never both m
 same row: the loser's update matches nothing.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, TypeAlias
 
@@ -19,6 +19,12 @@ Conn: TypeAlias = (
     "asyncpg.Pool[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]"
     " | PoolConnectionProxy[asyncpg.Record]"
 )
+
+# An outbox row: the Kafka key, the event document and the trace carrier it goes out in.
+OutboxRow: TypeAlias = tuple[str, dict[str, Any], dict[str, str] | None]
+# A recorded answer: the claim, its outcome, the parcel to keep (deferred mails only),
+# and the outcome's outbox event and trace carrier.
+Finish: TypeAlias = tuple[Delivery, Outcome, Parcel | None, dict[str, Any], dict[str, str] | None]
 
 # classid of the sender's owner locks (two-int form, objsubid 2), apart from other locks.
 OWNER_LOCK_CLASS: Final = 0x53454E44  # "SEND"
@@ -118,49 +124,80 @@ async def claim(conn: Conn, message_id: str, owner: int, at: datetime) -> Delive
     return claimed[0] if claimed else None
 
 
+async def add_events(conn: Conn, topic: str, events: Sequence[OutboxRow]) -> None:
+    """Write outbox rows (``stepmail_common.outbox``'s table) in one statement, in order.
+
+    The rows travel as one JSON parameter: one encode and one server round of parsing,
+    where a statement per row costs a bind and an execute each.
+    """
+    if events:
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, event, trace)"
+            " SELECT $1, e.doc->>'key', e.doc->'event', NULLIF(e.doc->'trace', 'null'::jsonb)"
+            " FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(doc, n) ORDER BY e.n",
+            topic,
+            [{"key": key, "event": event, "trace": trace} for key, event, trace in events],
+        )
+
+
 async def finish_many(
     conn: Conn,
-    done: Sequence[tuple[Delivery, Outcome]],
+    done: Sequence[Finish],
+    owner: int,
     at: datetime,
-    parcels: Mapping[str, Parcel] | None = None,
-) -> list[Delivery]:
-    """Record the answers of claimed attempts; a claim lost meanwhile is left out.
+    topic: str,
+) -> set[str]:
+    """Record the answers of claimed attempts, each with its delivery event, in one
+    statement; returns the message ids recorded (a claim lost meanwhile is left out, and
+    so is its event).
 
-    A ``deferred`` mail is sent again later: its parcel (from ``parcels``, unless the
-    ledger holds it already) is stored. Once the fate is known, it is dropped.
+    A ``deferred`` mail is sent again later: its parcel (``mail``, unless the ledger holds
+    it already) is stored; once the fate is known, it is dropped. A hard bounce suppresses
+    the recipient's address in the same statement.
     """
     if not done:
-        return []
-    parcels = parcels or {}
-
-    def kept(claimed: Delivery, outcome: Outcome) -> dict[str, Any] | None:
-        parcel = parcels.get(claimed.message_id) if outcome.state == "deferred" else None
-        return None if parcel is None else parcel.to_json()
-
+        return set()
     rows = await conn.fetch(
-        "UPDATE deliveries d SET state = v.state, smtp_code = v.code,"  # noqa: S608 - constant columns
+        "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(n int, message_id text,"
+        " attempt int, state text, code int, text text, bounce text, dsn text,"
+        " next_at timestamptz, mail jsonb, key text, event jsonb, trace jsonb)),"
+        " f AS (UPDATE deliveries d SET state = v.state, smtp_code = v.code,"
         " smtp_response = v.text, bounce = v.bounce, dsn = v.dsn,"
-        " next_attempt_at = v.next_at, updated_at = $9::timestamptz,"
-        " finished_at = CASE WHEN v.state = 'deferred' THEN NULL ELSE $9::timestamptz END,"
+        " next_attempt_at = v.next_at, updated_at = $3::timestamptz,"
+        " finished_at = CASE WHEN v.state = 'deferred' THEN NULL ELSE $3::timestamptz END,"
         " mail = CASE WHEN v.state = 'deferred' THEN COALESCE(d.mail, v.mail) END"
-        " FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[], $6::text[],"
-        " $7::text[], $8::timestamptz[], $11::jsonb[]) AS v(message_id, attempt, state, code,"
-        " text, bounce, dsn, next_at, mail)"
-        " WHERE d.message_id = v.message_id AND d.state = 'sending' AND d.owner = $10"
-        f" AND d.attempt = v.attempt RETURNING {_D_COLUMNS}",
-        [c.message_id for c, _ in done],
-        [c.attempt for c, _ in done],
-        [o.state for _, o in done],
-        [o.code for _, o in done],
-        [o.text for _, o in done],
-        [o.bounce for _, o in done],
-        [o.dsn for _, o in done],
-        [o.next_attempt_at for _, o in done],
+        " FROM v WHERE d.message_id = v.message_id AND d.state = 'sending' AND d.owner = $2"
+        " AND d.attempt = v.attempt RETURNING d.message_id, d.rcpt_hash, d.bounce),"
+        " o AS (INSERT INTO outbox (topic, key, event, trace)"
+        " SELECT $4, v.key, v.event, v.trace FROM v JOIN f ON f.message_id = v.message_id"
+        " ORDER BY v.n),"
+        " s AS (INSERT INTO suppressions (scope, key, mail_kind, reason)"
+        " SELECT DISTINCT 'address', f.rcpt_hash, '*', 'bounced' FROM f"
+        " WHERE f.bounce = 'hard' AND f.rcpt_hash IS NOT NULL ON CONFLICT DO NOTHING)"
+        " SELECT message_id FROM f",
+        [
+            {
+                "n": n,
+                "message_id": claimed.message_id,
+                "attempt": claimed.attempt,
+                "state": outcome.state,
+                "code": outcome.code,
+                "text": outcome.text,
+                "bounce": outcome.bounce,
+                "dsn": outcome.dsn,
+                "next_at": outcome.next_attempt_at,
+                "mail": None if mail is None else mail.to_json(),
+                "key": claimed.contact_id,
+                "event": event,
+                "trace": trace,
+            }
+            for n, (claimed, outcome, mail, event, trace) in enumerate(done)
+        ],
+        owner,
         at,
-        done[0][0].owner,
-        [kept(c, o) for c, o in done],
+        topic,
     )
-    return [_delivery(r) for r in rows]
+    return {r["message_id"] for r in rows}
 
 
 async def mark_ambiguous(

@@ -8,16 +8,26 @@ after which nobody can tell whether the server kept it (``UNKNOWN``).
 The client speaks just the SMTP a sender needs (EHLO, STARTTLS or implicit TLS, AUTH
 PLAIN/LOGIN, MAIL, RCPT, DATA, RSET, QUIT). When the server offers ESMTP PIPELINING
 (RFC 2920), MAIL, RCPT and DATA go out in one write and their three replies are read
-together, so a mail takes two round trips instead of four.
+together, so a mail takes two round trips instead of four. A connection also carries
+a few mails queued behind each other: the next mail's MAIL, RCPT and DATA go in the same
+write as the message before it (RFC 2920 lets the end of a message's data begin a group),
+so a busy connection spends one write and one round trip per mail.
+
+What queueing does not change: a message's content is sent only after its own ``354``,
+so a mail whose commands were written ahead has handed nothing over; if the connection
+breaks before its replies are read, it is tried once on a new connection, as a mail on
+an idle connection the server had closed is.
 """
 
 import asyncio
 import base64
+import collections
 import contextlib
 import enum
 import re
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -220,26 +230,33 @@ class _Session:
         self.reader = reader
         self.writer = writer
         self.pipelining = "PIPELINING" in offered
+        # Set when commands were written whose replies nobody will read: the replies
+        # would be taken for the next mail's, so the session must not carry another.
+        self.spoilt = False
 
     @property
     def usable(self) -> bool:
-        return not (self.writer.is_closing() or self.reader.at_eof())
+        return not (self.spoilt or self.writer.is_closing() or self.reader.at_eof())
 
     async def command(self, line: bytes) -> tuple[int, str]:
         self.writer.write(line)
         return await _read_reply(self.reader)
 
-    async def envelope(self, mail_from: bytes, rcpt_to: bytes) -> list[tuple[int, str]]:
-        """MAIL, RCPT and DATA: pipelined when offered, else one by one until one fails.
+    async def envelope(self, turn: "_Turn") -> list[tuple[int, str]]:
+        """MAIL, RCPT and DATA: pipelined when offered, else one by one until one fails;
+        with pipelining, the commands may have gone out already, after the mail before.
 
         Returns the replies received, in order; the last one is the first failure or
         DATA's ``354``. Nothing of the message has been sent yet.
         """
-        commands = [b"MAIL FROM:" + mail_from + b"\r\n", b"RCPT TO:" + rcpt_to + b"\r\n"]
-        commands.append(b"DATA\r\n")
         if self.pipelining:
-            self.writer.write(b"".join(commands))
-            return [await _read_reply(self.reader) for _ in commands]
+            if turn.written_on is not self:
+                self.writer.write(turn.commands)
+                turn.written_on = self
+            replies = [await _read_reply(self.reader) for _ in range(3)]
+            turn.written_on = None
+            return replies
+        commands = turn.commands.splitlines(keepends=True)
         replies = []
         for expected, line in zip((250, 250, 354), commands, strict=True):
             reply = await self.command(line)
@@ -252,15 +269,63 @@ class _Session:
         self.writer.close()
 
 
+class _Turn:
+    """One mail's place in a connection's queue, and its MAIL, RCPT and DATA commands."""
+
+    __slots__ = ("commands", "ready", "written_on")
+
+    def __init__(self, commands: bytes) -> None:
+        self.commands = commands
+        self.ready: asyncio.Future[None] | None = None
+        # The session the commands were written on ahead of the turn, replies unread.
+        self.written_on: _Session | None = None
+
+
 class SmtpTransport:
-    """One SMTP connection reused across mails, reopened when it breaks; one mail at a time."""
+    """One SMTP connection reused across mails, reopened when it breaks.
+
+    Mails take turns in arrival order; one transaction is under way at a time, and with
+    pipelining the next turn's commands go out with the message before it.
+    """
 
     def __init__(self, target: SmtpTarget, *, timeout: float) -> None:
         self._target = target
         self._timeout = timeout
-        self._lock = asyncio.Lock()
+        self._turns: collections.deque[_Turn] = collections.deque()
         self._session: _Session | None = None
         self._local_hostname: str | None = None
+
+    @property
+    def queued(self) -> int:
+        """Mails on this connection: the one under way and those waiting their turn."""
+        return len(self._turns)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, turn: _Turn) -> AsyncIterator[None]:
+        """Wait for ``turn``'s place at the head of the queue; leave it to the next."""
+        self._turns.append(turn)
+        try:
+            if self._turns[0] is not turn:
+                turn.ready = asyncio.get_running_loop().create_future()
+                await turn.ready
+            yield
+        finally:
+            first = self._turns[0] is turn
+            self._turns.remove(turn)
+            if turn.written_on is not None:
+                turn.written_on.spoilt = True
+            if first and self._turns:
+                ready = self._turns[0].ready
+                if ready is not None and not ready.done():
+                    ready.set_result(None)
+
+    def _write_ahead(self, session: _Session) -> bytes:
+        """The next turn's commands, to go out after this message; none without pipelining."""
+        if not session.pipelining or len(self._turns) < 2 or not self._turns[1].commands:
+            return b""
+        following = self._turns[1]
+        following.written_on = session
+        return following.commands
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -360,7 +425,8 @@ class SmtpTransport:
         except ValueError as exc:
             return Reply(Verdict.PERMANENT, None, str(exc))
         payload = data_payload(message)
-        async with self._lock:
+        turn = _Turn(b"MAIL FROM:" + sender + b"\r\nRCPT TO:" + recipient + b"\r\nDATA\r\n")
+        async with self._turn(turn):
             for retry_on_fresh in (True, False):
                 try:
                     session, reused = await self._connected()
@@ -370,11 +436,12 @@ class SmtpTransport:
                     return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
                 try:
                     async with asyncio.timeout(self._timeout):
-                        replies = await session.envelope(sender, recipient)
+                        replies = await session.envelope(turn)
                 except _Failure as exc:
                     self._drop()
-                    # A reused connection the server closed while idle: nothing was handed
-                    # over, so the mail goes on a new connection instead of being deferred.
+                    # A reused connection the server closed while idle, or one that broke
+                    # under the mail before: nothing of this one was handed over, so it
+                    # goes on a new connection instead of being deferred.
                     if reused and retry_on_fresh:
                         continue
                     return Reply(Verdict.CONNECTION, None, redact(_describe(exc)))
@@ -400,7 +467,7 @@ class SmtpTransport:
             return reply_of(*refused)
         try:
             async with asyncio.timeout(self._timeout):
-                code, text = await session.command(payload)
+                code, text = await session.command(payload + self._write_ahead(session))
         except _Failure as exc:
             # The message may have reached the server: nobody can tell any more.
             self._drop()
@@ -423,7 +490,7 @@ class SmtpTransport:
 
     async def close(self) -> None:
         """Say QUIT if connected, then close; safe twice."""
-        async with self._lock:
+        async with self._turn(_Turn(b"")):
             session, self._session = self._session, None
             if session is None:
                 return
@@ -437,24 +504,28 @@ class SmtpTransport:
 
 
 class SmtpPool:
-    """Up to ``size`` persistent SMTP connections, each carrying one transaction at a time."""
+    """Up to ``size`` persistent SMTP connections, each with up to ``depth`` mails queued.
 
-    def __init__(self, target: SmtpTarget, *, timeout: float, size: int) -> None:
-        self._idle: asyncio.Queue[SmtpTransport] = asyncio.Queue()
+    A mail goes to the connection with the fewest; the queue behind a transaction lets
+    the next mail's commands leave with its message (see ``SmtpTransport``).
+    """
+
+    def __init__(self, target: SmtpTarget, *, timeout: float, size: int, depth: int = 3) -> None:
         self._all = [SmtpTransport(target, timeout=timeout) for _ in range(max(1, size))]
-        for transport in self._all:
-            self._idle.put_nowait(transport)
+        self._room = asyncio.Semaphore(len(self._all) * max(1, depth))
 
     async def send(self, mail_from: str, rcpt_to: str, message: bytes) -> Reply:
-        transport = await self._idle.get()
-        try:
+        async with self._room:
+            transport = min(self._all, key=_queued)
             return await transport.send(mail_from, rcpt_to, message)
-        finally:
-            self._idle.put_nowait(transport)
 
     async def close(self) -> None:
         """QUIT every connection; safe twice."""
         await asyncio.gather(*(t.close() for t in self._all))
+
+
+def _queued(transport: SmtpTransport) -> int:
+    return transport.queued
 
 
 def _describe(exc: BaseException) -> str:
