@@ -782,3 +782,59 @@ async def test_a_pass_repeating_a_change_has_the_meaning_it_had_row_by_row(env):
     assert (scheduled["step_index"], scheduled["next_due_at"]) == (7, at + _days(1))
     touched = await env.pool.fetchval("SELECT last_marketing_at FROM contacts WHERE id = 'c-f'")
     assert touched == at + _days(2)
+
+
+async def test_an_enrollment_made_and_changed_in_one_pass_is_written_as_it_ends_it(env):
+    """Made, scheduled and finished before a flush: inserted once in its final state, with
+    the first finish counting and a schedule after it leaving no due time."""
+    await env.scenario(
+        {
+            "id": "once",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "now", "send": {"template": "o1"}}],
+        }
+    )
+    async with env.pool.acquire() as conn:
+        version = await conn.fetchval("SELECT max(version) FROM scenarios WHERE id = 'once'")
+        await conn.execute(
+            "INSERT INTO contacts (id, locale, time_zone)"
+            " VALUES ('c-w', 'ja', 'Asia/Tokyo'), ('c-e', 'ja', 'Asia/Tokyo')"
+        )
+    at = START + _days(1)
+
+    def made(contact_id: str) -> repository.Enrollment:
+        return repository.Enrollment(
+            uuid.uuid4(),
+            "once",
+            version,
+            contact_id,
+            {"name": "signup"},
+            0,
+            "active",
+            None,
+            START,
+            "",
+        )
+
+    waiting, ended = made("c-w"), made("c-e")
+    writes = repository.PendingWrites()
+    writes.enroll(waiting)
+    writes.schedule(waiting.id, 1, at)
+    writes.enroll(ended)
+    writes.finish(ended.id, "exited", at, "opted_out")
+    writes.finish(ended.id, "completed", at + _days(1))
+    writes.schedule(ended.id, 1, at)
+    assert not writes.schedules and not writes.finishes, "folded into the inserts"
+    async with env.pool.acquire() as conn, conn.transaction():
+        await writes.flush(conn)
+
+    rows = {
+        r["contact_id"]: r
+        for r in await env.pool.fetch(
+            "SELECT contact_id, status, step_index, next_due_at, ended_at, exit_reason"
+            " FROM enrollments WHERE scenario_id = 'once'"
+        )
+    }
+    assert tuple(rows["c-w"].values())[1:] == ("active", 1, at, None, None)
+    assert tuple(rows["c-e"].values())[1:] == ("exited", 1, None, at, "opted_out")

@@ -428,12 +428,48 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+@dataclass(slots=True)
+class _NewEnrollment:
+    """An enrollment made in this pass, with what the pass did to it since: written once,
+    as it ends the pass, instead of inserted and then updated."""
+
+    id: uuid.UUID
+    scenario_id: str
+    scenario_version: int
+    contact_id: str
+    trigger_event: dict[str, Any]
+    status: str
+    created_at: datetime
+    ended_at: datetime | None
+    step_index: int = 0
+    next_due_at: datetime | None = None
+    exit_reason: str | None = None
+    converted: bool = False
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in the order of the columns ``flush`` inserts."""
+        return (
+            self.id,
+            self.scenario_id,
+            self.scenario_version,
+            self.contact_id,
+            self.trigger_event,
+            self.status,
+            self.created_at,
+            self.ended_at,
+            self.step_index,
+            self.next_due_at,
+            self.exit_reason,
+            self.converted,
+        )
+
+
 @dataclass
 class PendingWrites:
     """State changes of one pass, written together: a few round trips instead of a few per
     enrollment. Flushed before anything reads them back and at the end of the pass."""
 
-    enrollments: list[tuple[Any, ...]] = field(default_factory=list)
+    enrollments: dict[uuid.UUID, _NewEnrollment] = field(default_factory=dict)
     entries: set[tuple[str, str]] = field(default_factory=set)
     """(scenario, contact) of the enrollments not written yet."""
     locked: dict[tuple[str, str], Entry] = field(default_factory=dict)
@@ -458,22 +494,27 @@ class PendingWrites:
 
     def enroll(self, enrollment: Enrollment) -> None:
         e = enrollment
-        self.enrollments.append(
-            (
-                e.id,
-                e.scenario_id,
-                e.scenario_version,
-                e.contact_id,
-                e.trigger_event,
-                e.status,
-                e.created_at,
-            )
+        self.enrollments[e.id] = _NewEnrollment(
+            e.id,
+            e.scenario_id,
+            e.scenario_version,
+            e.contact_id,
+            e.trigger_event,
+            e.status,
+            e.created_at,
+            ended_at=None if e.status == "active" else e.created_at,
         )
         self.entries.add((e.scenario_id, e.contact_id))
         self.locked.pop((e.scenario_id, e.contact_id), None)
 
     def schedule(self, enrollment_id: uuid.UUID, step_index: int, next_due_at: datetime) -> None:
-        self.schedules.append((enrollment_id, step_index, next_due_at))
+        new = self.enrollments.get(enrollment_id)
+        if new is None:
+            self.schedules.append((enrollment_id, step_index, next_due_at))
+            return
+        new.step_index = step_index
+        if new.status == "active":
+            new.next_due_at = next_due_at
 
     def finish(
         self,
@@ -483,7 +524,12 @@ class PendingWrites:
         reason: str | None = None,
         converted: bool = False,
     ) -> None:
-        self.finishes.append((enrollment_id, status, at, reason, converted))
+        new = self.enrollments.get(enrollment_id)
+        if new is None:
+            self.finishes.append((enrollment_id, status, at, reason, converted))
+        elif new.status == "active":
+            new.status, new.ended_at, new.next_due_at = status, at, None
+            new.exit_reason, new.converted = reason, converted
 
     def message(
         self,
@@ -515,13 +561,12 @@ class PendingWrites:
         if self.enrollments:
             await conn.execute(
                 "INSERT INTO enrollments (id, scenario_id, scenario_version, contact_id,"
-                " trigger_event, status, created_at, ended_at)"
-                " SELECT id, scenario_id, scenario_version, contact_id, trigger_event, status,"
-                " created_at, CASE WHEN status = 'active' THEN NULL ELSE created_at END"
-                " FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::jsonb[],"
-                " $6::text[], $7::timestamptz[]) AS v(id, scenario_id, scenario_version,"
-                " contact_id, trigger_event, status, created_at)",
-                *_columns(self.enrollments),
+                " trigger_event, status, created_at, ended_at, step_index, next_due_at,"
+                " exit_reason, converted)"
+                " SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[],"
+                " $5::jsonb[], $6::text[], $7::timestamptz[], $8::timestamptz[], $9::int[],"
+                " $10::timestamptz[], $11::text[], $12::bool[])",
+                *_columns([e.row() for e in self.enrollments.values()]),
             )
         if self.outbox:
             await add_to_outbox(conn, self.outbox)
