@@ -2,11 +2,12 @@
 
 The ledger row of a mail (keyed by ``message_id``) moves
 ``accepted -> sending -> sent | failed``, and ``sending -> ambiguous`` when the outcome
-of a handover cannot be known. Only the process whose conditional ``UPDATE`` moved the
-row into ``sending`` (recording itself as ``owner`` and bumping ``attempt``) talks to the
-SMTP server about it, and only that claim may record the answer. A mail in ``sent``,
-``failed`` or held ``ambiguous`` is never sent again: not on redelivery, retry, restart,
-rebalance, nor with any number of replicas.
+of a handover cannot be known; a consumed mail new to the ledger is recorded in
+``sending`` at once. Only the process whose conditional ``UPDATE`` (or recording
+``INSERT``) put the row in ``sending`` (recording itself as ``owner`` and bumping
+``attempt``) talks to the SMTP server about it, and only that claim may record the
+answer. A mail in ``sent``, ``failed`` or held ``ambiguous`` is never sent again: not on
+redelivery, retry, restart, rebalance, nor with any number of replicas.
 
 Ambiguous mails. SMTP has no idempotency: a process killed after claiming a mail and
 before recording the server's answer leaves the row in ``sending`` with a dead owner
@@ -194,12 +195,12 @@ class Deliverer:
 
         async def deliver(chunk: list[RenderedMail]) -> None:
             async with gate:
-                await self._retrying(lambda: self._ledger.accept_many(chunk, self._now()))
                 await self._deliver_window(
                     [m.message_id for m in chunk],
                     {m.message_id: m.parcel for m in chunk},
                     wait=True,
                     traces={m.message_id: m.trace for m in chunk if m.trace},
+                    new=chunk,
                 )
 
         # Every slice runs to its end (none is cancelled half-way through a handover);
@@ -231,19 +232,32 @@ class Deliverer:
         *,
         wait: bool,
         traces: Traces | None = None,
+        new: Sequence[RenderedMail] = (),
     ) -> None:
-        """Claim a window in one statement, send it concurrently, record it in one transaction.
+        """Claim a window in one statement, send it concurrently, record it in one statement.
 
-        ``traces`` (by message id) puts each mail's handover and delivery events in the
-        trace of the record that brought it.
+        ``new`` are consumed mails: those the ledger does not know yet are recorded as
+        claimed at once, and only the others are looked up to be claimed. ``traces`` (by
+        message id) puts each mail's handover and delivery events in the trace of the
+        record that brought it.
         """
         traces = traces or {}
+        # In hand before the first claim: the recovery loop must not take our own claims
+        # for abandoned ones.
         for message_id in message_ids:
             self._in_hand[message_id] += 1
         try:
-            claimed = await self._retrying(
-                lambda: self._ledger.claim_many(message_ids, self.owner, self._now(), traces)
-            )
+            claimed = []
+            if new:
+                claimed = await self._retrying(
+                    lambda: self._ledger.claim_new(new, self.owner, self._now(), traces)
+                )
+            fresh = {c.message_id for c in claimed}
+            known = [m for m in message_ids if m not in fresh]
+            if known:
+                claimed += await self._retrying(
+                    lambda: self._ledger.claim_many(known, self.owner, self._now(), traces)
+                )
             for row in claimed:
                 if row.state == "suppressed":
                     metrics.SUPPRESSED.labels(row.reason or "unknown").inc()
