@@ -59,8 +59,9 @@ _tags: dict[str, tuple[tuple[str, ...], tuple[_Href, ...]]] = {}
 _text_urls: dict[str, tuple[str, str, str | None]] = {}
 
 
-def _read_tag(tag: str) -> tuple[tuple[str, ...], tuple[_Href, ...]]:
-    """A link tag as the text around its hrefs and the hrefs themselves."""
+def _read_tag(tag: str, keep: set[str]) -> tuple[tuple[str, ...], tuple[_Href, ...]]:
+    """A link tag as the text around its hrefs and the hrefs themselves (kept URLs are
+    not normalised: each is new, and would only fill ``normalise_url``'s cache)."""
     pieces: list[str] = []
     hrefs: list[_Href] = []
     at = 0
@@ -69,16 +70,18 @@ def _read_tag(tag: str) -> tuple[tuple[str, ...], tuple[_Href, ...]]:
         raw = match[match.lastindex or 0]
         url = (html.unescape(raw) if "&" in raw else raw).strip()
         pieces.append(tag[at : match.start()])
-        hrefs.append((match[0], match[1], url, normalise_url(url) if _HTTP.match(url) else None))
+        tracked = url not in keep and _HTTP.match(url)
+        hrefs.append((match[0], match[1], url, normalise_url(url) if tracked else None))
         at = match.end()
     pieces.append(tag[at:])
     return tuple(pieces), tuple(hrefs)
 
 
-def _read_text_url(found: str) -> tuple[str, str, str | None]:
+def _read_text_url(found: str, keep: set[str]) -> tuple[str, str, str | None]:
     """A URL found in text: the URL, the punctuation after it, and the URL tracked."""
     url = _trim(found)
-    return url, found[len(url) :], normalise_url(url) if _HTTP.match(url) else None
+    tracked = url not in keep and _HTTP.match(url)
+    return url, found[len(url) :], normalise_url(url) if tracked else None
 
 
 class LinkTracker:
@@ -114,7 +117,7 @@ class LinkTracker:
                 return text
             found = _tags.get(text)
             if found is None:
-                found = _read_tag(text)
+                found = _read_tag(text, keep)
                 # A tag holding a kept URL (the mail's own unsubscribe URL) never recurs.
                 if len(text) <= _CACHED_LENGTH and not any(h[2] in keep for h in found[1]):
                     if len(_tags) >= _CACHE_SIZE:
@@ -142,7 +145,7 @@ class LinkTracker:
             found = match[0]
             reading = _text_urls.get(found)
             if reading is None:
-                reading = _read_text_url(found)
+                reading = _read_text_url(found, keep)
                 if len(found) <= _CACHED_LENGTH and reading[0] not in keep:
                     if len(_text_urls) >= _CACHE_SIZE:
                         _text_urls.clear()
