@@ -520,3 +520,18 @@ def test_tokens_need_escaping_in_html_only_when_the_key_id_does():
     mail = render_mail(source('<a href="https://example.jp/a">A</a>'), step(), unsafe)
     assert 'href="https://t.example.jp/c/k&amp;1.' in mail.html
     assert "https://t.example.jp/c/k&1." in mail.text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.text(st.sampled_from(["a", " ", "é", "あ", "漢", "\uff7f", "😀", "="]), max_size=120),
+    st.integers(min_value=0, max_value=80),
+)
+def test_utf8_encoded_words_are_cut_as_character_by_character(text: str, line_used: int):
+    words = mime._encoded_words(text, line_used)
+    assert words == mime._encoded_words_by_character(text, line_used)
+
+
+def test_a_lone_surrogate_is_refused_by_utf8_encoded_words():
+    with pytest.raises(UnicodeEncodeError):
+        mime._encoded_words("件名\ud800", 9)

@@ -45,7 +45,40 @@ def _max_bytes(line_used: int) -> int:
 
 
 def _encoded_words(text: str, line_used: int) -> list[str]:
-    """``text`` as B encoded-words; the first fits after ``line_used`` characters."""
+    """``text`` as B encoded-words; the first fits after ``line_used`` characters.
+
+    Each word takes as many whole characters as fit in its budget of UTF-8 octets: the
+    text is encoded once and cut before the first octet of a character, which is where
+    adding one character after another would stop.
+    """
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: refused as the slow path refuses it
+        return _encoded_words_by_character(text, line_used)
+    words: list[str] = []
+    budget = _max_bytes(line_used)
+    if budget < 3:  # not even one character fits after the field name: start a new line
+        words.append("")
+        budget = _max_bytes(1)
+    start, size = 0, len(data)
+    while start < size:
+        cut = start + budget
+        if cut >= size:
+            cut = size
+        else:
+            while cut > start and 0x80 <= data[cut] < 0xC0:  # inside a character
+                cut -= 1
+            if cut == start:  # one character longer than the budget goes alone
+                cut += 1
+                while cut < size and 0x80 <= data[cut] < 0xC0:
+                    cut += 1
+        words.append(f"=?UTF-8?B?{binascii.b2a_base64(data[start:cut], newline=False).decode()}?=")
+        start = cut
+        budget = _max_bytes(1)
+    return words
+
+
+def _encoded_words_by_character(text: str, line_used: int) -> list[str]:
     words: list[str] = []
     chunk = b""
     budget = _max_bytes(line_used)
