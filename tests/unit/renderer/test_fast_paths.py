@@ -147,7 +147,7 @@ def test_jis_text_names_the_first_character_it_cannot_write():
 def _split_reference(line: str, html: bool) -> list[bytes]:
     """Greedy folding, measuring every candidate line: what ``_split_long`` must give."""
     jis = iso2022jp.CODEC
-    pieces = mime._AFTER_TAG.split(line) if html else [line]
+    pieces = re.split(r"(?<=>)", line) if html else [line]
     out: list[bytes] = []
     current = ""
     for piece in pieces:

@@ -25,7 +25,6 @@ _WORD_OVERHEAD = len("=?UTF-8?B??=")
 _JIS_WORD_OVERHEAD = len(f"=?{JIS}?b??=")
 _ADDRESS = re.compile(r"^[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-\[\]:]+$")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
-_AFTER_TAG = re.compile(r"(?<=>)")
 # 7-bit body lines stay well inside RFC 5322's 998 octets.
 MAX_BODY_LINE = 990
 
@@ -238,6 +237,24 @@ def _body(content: str) -> str:
     return b"\r\n".join(lines).decode("ascii")
 
 
+# The pieces of a long HTML line (a footer's tags and text) recur from mail to mail.
+_PIECE_CACHE_SIZE = 4096
+_CACHED_PIECE = 1024
+_piece_sizes: dict[str, int] = {}
+
+
+def _jis_size(piece: str) -> int:
+    """How many octets ``piece`` takes in ISO-2022-JP, from ASCII back to ASCII."""
+    size = _piece_sizes.get(piece)
+    if size is None:
+        size = len(piece.encode(JIS))
+        if len(piece) <= _CACHED_PIECE:
+            if len(_piece_sizes) >= _PIECE_CACHE_SIZE:
+                _piece_sizes.clear()
+            _piece_sizes[piece] = size
+    return size
+
+
 def _split_long(line: str, html: bool) -> list[bytes]:
     """One logical line as ISO-2022-JP lines of at most ``MAX_BODY_LINE`` octets.
 
@@ -249,12 +266,18 @@ def _split_long(line: str, html: bool) -> list[bytes]:
     one only saves escape sequences), so a piece that fits by the bound fits, and the
     joint encoding is measured only near the limit.
     """
-    pieces = _AFTER_TAG.split(line) if html else [line]
+    if html:
+        # The line cut after each ">", as splitting at the empty match after one would.
+        *tagged, last = line.split(">")
+        pieces = [piece + ">" for piece in tagged]
+        pieces.append(last)
+    else:
+        pieces = [line]
     out: list[bytes] = []
     current = ""
     bound = 0
     for piece in pieces:
-        size = len(piece.encode(JIS))
+        size = _jis_size(piece)
         if bound + size <= MAX_BODY_LINE:
             current += piece
             bound += size
