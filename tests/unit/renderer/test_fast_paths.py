@@ -535,3 +535,10 @@ def test_utf8_encoded_words_are_cut_as_character_by_character(text: str, line_us
 def test_a_lone_surrogate_is_refused_by_utf8_encoded_words():
     with pytest.raises(UnicodeEncodeError):
         mime._encoded_words("件名\ud800", 9)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40))
+def test_tokens_signed_after_a_shared_prefix_are_those_signed_whole(prefix: bytes, rest: bytes):
+    signer = TokenSigner({"k9": b"short-secret-0123456789"})
+    assert signer.with_prefix(prefix).sign(rest) == signer.sign_json(prefix + rest)

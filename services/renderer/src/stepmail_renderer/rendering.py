@@ -246,7 +246,7 @@ class MailRenderer:
         tokens: dict[tuple[int, str], str] = {}
         # A click token's payload is {"k": "c", **ref, "i": index, "u": url}: its JSON is
         # this mail's prefix, then the index and URL, exactly as orjson writes the dict.
-        click_prefix = orjson.dumps({"k": "c", **ref})[:-1] + b',"i":'
+        clicks = signer.with_prefix(orjson.dumps({"k": "c", **ref})[:-1] + b',"i":')
 
         def click_token(index: int, url: str) -> str:
             # The text part repeats the HTML's links: one token per position and URL.
@@ -254,8 +254,7 @@ class MailRenderer:
             found = tokens.get(key)
             if found is None:
                 target = with_utm(url, utm) if utm else url
-                document = b'%b%d,"u":%b}' % (click_prefix, index, orjson.dumps(target))
-                found = tokens[key] = signer.sign_json(document)
+                found = tokens[key] = clicks.sign(b'%d,"u":%b}' % (index, orjson.dumps(target)))
             return found
 
         def wrap(index: int, url: str) -> str:
