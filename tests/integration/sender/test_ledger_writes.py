@@ -1,6 +1,8 @@
 """The ledger's batched writes on a real Postgres: outcomes and their events in one
 statement, and nothing of a claim that was lost meanwhile."""
 
+import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -85,3 +87,48 @@ async def test_a_window_of_claims_writes_one_event_each_in_order(sender_pool):
     assert await outbox(sender_pool) == [
         (c.contact_id, c.message_id, f"stepmail.delivery.{c.state}.v1", None) for c in claimed
     ]
+
+
+async def test_new_mails_are_recorded_claimed_and_known_ones_are_left_alone(sender_pool):
+    ledger = Ledger(sender_pool, EVENTS_TOPIC)
+    known = rendered("m-n-known", contact_id="c-known")
+    assert await ledger.accept_many([known], AT) == 1
+    await ledger.suppress_address("Gone@Example.org", "*", "bounced")
+    await ledger.opt_out_topics("c-topic", "marketing", ["news"])
+    topical = dataclasses.replace(rendered("m-n-topic", contact_id="c-topic"), topic="news")
+    mails = [
+        known,
+        rendered("m-n-new", contact_id="c-new"),
+        rendered("m-n-gone", rcpt_to="gone@example.org", contact_id="c-gone"),
+        topical,
+    ]
+    claimed = await ledger.claim_new(mails, OWNER, AT)
+    assert sorted((c.message_id, c.state, c.reason, c.attempt, c.owner) for c in claimed) == [
+        ("m-n-gone", "suppressed", "bounced", 1, OWNER),
+        ("m-n-new", "sending", None, 1, OWNER),
+        ("m-n-topic", "suppressed", "unsubscribed_topic", 1, OWNER),
+    ]
+    assert all(c.claimed_at == AT and c.created_at == AT for c in claimed)
+    untouched = await ledger.get("m-n-known")
+    assert untouched is not None
+    assert untouched.state == "accepted", "a known mail is not taken"
+    assert sorted(key for key, *_ in await outbox(sender_pool)) == ["c-gone", "c-new", "c-topic"]
+    rows = await sender_pool.fetch("SELECT message_id, rcpt_hash, finished_at FROM deliveries")
+    by_id = {r["message_id"]: r for r in rows}
+    assert by_id["m-n-new"]["rcpt_hash"] == ledger.address_hash("someone@example.org")
+    assert by_id["m-n-new"]["finished_at"] is None
+    assert by_id["m-n-gone"]["finished_at"] == AT, "a suppressed mail is settled"
+
+
+async def test_processes_recording_the_same_new_mails_claim_each_once(sender_pool):
+    one, two = Ledger(sender_pool, EVENTS_TOPIC), Ledger(sender_pool, EVENTS_TOPIC)
+    mails = [rendered(f"m-r-{n}", contact_id=f"c-{n}") for n in range(20)]
+    first, second = await asyncio.gather(
+        one.claim_new(mails, OWNER, AT), two.claim_new(mails[::-1], OWNER + 1, AT)
+    )
+    owners = {c.message_id: c.owner for c in first + second}
+    assert len(first) + len(second) == len(owners) == 20
+    rows = await sender_pool.fetch("SELECT message_id, owner, attempt FROM deliveries")
+    assert {r["message_id"]: r["owner"] for r in rows} == owners
+    assert {r["attempt"] for r in rows} == {1}
+    assert len(await outbox(sender_pool)) == 20

@@ -40,9 +40,11 @@ DEFAULT_SENDER = SenderProfile(
 )
 
 
-def renderer(*named: SenderProfile, default: SenderProfile = DEFAULT_SENDER) -> MailRenderer:
+def renderer(
+    *named: SenderProfile, default: SenderProfile = DEFAULT_SENDER, keys: dict[str, bytes] = KEYS
+) -> MailRenderer:
     return MailRenderer(
-        signing_keys=KEYS,
+        signing_keys=keys,
         tracker_public_url=TRACKER,
         senders=SenderBook(default, {s.name: s for s in named}),
         clock=ManualClock(NOW),

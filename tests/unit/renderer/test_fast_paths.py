@@ -4,6 +4,7 @@
 import base64
 import hashlib
 import hmac
+import html as html_module
 import random
 import re
 import unicodedata
@@ -17,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepmail_common.signing import Signer
-from stepmail_renderer import footer, htmltext, iso2022jp, mime
+from stepmail_renderer import footer, htmltext, iso2022jp, links, mime
 from stepmail_renderer.filters import FilterError, yen
 from stepmail_renderer.htmltext import html_to_text
 from stepmail_renderer.sandbox import compile_template, environment, render
 from stepmail_renderer.tokens import TokenSigner
 from tests.unit.renderer.helpers import render as render_mail
-from tests.unit.renderer.helpers import source, step
+from tests.unit.renderer.helpers import renderer, source, step
 
 PAYLOADS: list[dict[str, Any]] = [
     {"k": "u", "m": "m-1", "c": "c-1", "mk": "marketing"},
@@ -146,7 +147,7 @@ def test_jis_text_names_the_first_character_it_cannot_write():
 def _split_reference(line: str, html: bool) -> list[bytes]:
     """Greedy folding, measuring every candidate line: what ``_split_long`` must give."""
     jis = iso2022jp.CODEC
-    pieces = mime._AFTER_TAG.split(line) if html else [line]
+    pieces = re.split(r"(?<=>)", line) if html else [line]
     out: list[bytes] = []
     current = ""
     for piece in pieces:
@@ -428,3 +429,116 @@ def _jis_body_reference(content: str, html: bool) -> str:
 )
 def test_jis_bodies_encoded_whole_are_their_lines_encoded_one_by_one(content: str, html: bool):
     assert mime._jis_body(content, html) == _jis_body_reference(content, html)
+
+
+class _ReferenceLinks:
+    """Link rewriting as written before tags and URLs were read once: the fast path's model."""
+
+    def __init__(self, keep: set[str]) -> None:
+        self.keep = keep
+        self.positions: dict[str, list[int]] = {}
+        self.text_only: dict[str, int] = {}
+        self.count = 0
+
+    def wrap(self, index: int, url: str) -> str:
+        return f"https://t.example/c/{index}/{url}&"
+
+    def html(self, body: str) -> str:
+        def href(match: re.Match[str]) -> str:
+            raw = match[match.lastindex or 0]
+            url = (html_module.unescape(raw) if "&" in raw else raw).strip()
+            if url in self.keep or not links._HTTP.match(url):
+                return match[0]
+            url = links.normalise_url(url)
+            self.positions.setdefault(url, []).append(self.count)
+            self.count += 1
+            return f'{match[1]}"{html_module.escape(self.wrap(self.count - 1, url))}"'
+
+        return links._LINK_TAG.sub(lambda m: links._HREF.sub(href, m[0]), body)
+
+    def text(self, body: str) -> str:
+        seen: dict[str, int] = {}
+
+        def url_at(match: re.Match[str]) -> str:
+            found = match.group(0)
+            url = links._trim(found)
+            rest = found[len(url) :]
+            if url in self.keep or not links._HTTP.match(url):
+                return found
+            url = links.normalise_url(url)
+            positions = self.positions.get(url)
+            if positions:
+                index = positions[min(seen.get(url, 0), len(positions) - 1)]
+            elif url in self.text_only:
+                index = self.text_only[url]
+            else:
+                index = self.text_only[url] = self.count
+                self.count += 1
+            seen[url] = seen.get(url, 0) + 1
+            return self.wrap(index, url) + rest
+
+        return links._TEXT_URL.sub(url_at, body)
+
+
+_URLS = st.sampled_from(
+    [
+        "https://ex.jp/a?b=1&amp;c=2#f",
+        " HTTP://EX.JP/商品 ",
+        "mailto:a@ex.jp",
+        "",
+        "/rel",
+        "https://ex.jp/u",
+        "https://ex.jp/a?b=1&c=2#f",
+        "https://ex.jp/(x))",
+        "https://ex.jp/.",
+    ]
+)
+_LINK_PIECES = st.one_of(
+    st.builds('<a href="{}">'.format, _URLS),
+    st.builds("<A class=x HREF='{}' href=\"{}\">".format, _URLS, _URLS),
+    st.builds("<area href={}>".format, _URLS.filter(lambda u: " " not in u and u)),
+    st.builds("{} ".format, _URLS),
+    st.sampled_from(["</a>", "<a name=x>", "<abbr href='https://ex.jp/no'>", "テキスト", "\n"]),
+)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_LINK_PIECES, max_size=12).map("".join), st.lists(_URLS, max_size=6))
+def test_links_read_once_are_rewritten_as_read_every_time(body: str, text_urls: list[str]):
+    text = " ".join(text_urls) + " " + body
+    keep = {"https://ex.jp/u"}
+    for _ in range(2):  # cold, then with every reading cached
+        reference = _ReferenceLinks(keep)
+        tracker = links.LinkTracker(reference.wrap, keep=keep)
+        expected = (reference.html(body), reference.text(text), reference.count)
+        assert (tracker.html(body), tracker.text(text), tracker.count) == expected
+
+
+def test_tokens_need_escaping_in_html_only_when_the_key_id_does():
+    assert TokenSigner({"k1": b"x" * 20}).html_safe
+    unsafe = renderer(keys={"k&1": b"unit-test-secret-0123456789"})
+    mail = render_mail(source('<a href="https://example.jp/a">A</a>'), step(), unsafe)
+    assert 'href="https://t.example.jp/c/k&amp;1.' in mail.html
+    assert "https://t.example.jp/c/k&1." in mail.text
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.text(st.sampled_from(["a", " ", "é", "あ", "漢", "\uff7f", "😀", "="]), max_size=120),
+    st.integers(min_value=0, max_value=80),
+)
+def test_utf8_encoded_words_are_cut_as_character_by_character(text: str, line_used: int):
+    words = mime._encoded_words(text, line_used)
+    assert words == mime._encoded_words_by_character(text, line_used)
+
+
+def test_a_lone_surrogate_is_refused_by_utf8_encoded_words():
+    with pytest.raises(UnicodeEncodeError):
+        mime._encoded_words("件名\ud800", 9)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40))
+def test_tokens_signed_after_a_shared_prefix_are_those_signed_whole(prefix: bytes, rest: bytes):
+    signer = TokenSigner({"k9": b"short-secret-0123456789"})
+    assert signer.with_prefix(prefix).sign(rest) == signer.sign_json(prefix + rest)

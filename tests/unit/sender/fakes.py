@@ -49,6 +49,10 @@ class FakeLedger:
     async def accept_many(self, mails, at: datetime) -> int:
         return sum([await self.accept(m, at) for m in mails])
 
+    async def claim_new(self, mails, owner: int, at: datetime, traces=None) -> list[Delivery]:
+        new = [m for m in mails if await self.accept(m, at)]
+        return await self.claim_many([m.message_id for m in new], owner, at, traces)
+
     async def claim_many(
         self, message_ids, owner: int, at: datetime, traces=None
     ) -> list[Delivery]:

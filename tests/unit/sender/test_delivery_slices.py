@@ -84,3 +84,28 @@ async def test_dkim_signing_runs_off_the_event_loop_thread():
     assert len(signed_in) == 2
     assert loop_thread not in signed_in
     assert all(m.startswith(b"DKIM-Signature: v=1\r\n") for m in smtp.sent)
+
+
+async def test_a_slice_is_signed_in_one_hand_off_to_a_thread(monkeypatch):
+    hand_offs: list[int] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(func, /, *args, **kwargs):
+        hand_offs.append(1)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counting)
+    ledger = FakeLedger()
+    smtp = SlowTransport(ledger)
+    signed: list[bytes] = []
+
+    def signer(message: bytes) -> bytes:
+        signed.append(message)
+        return b"DKIM-Signature: v=1\r\n" + message
+
+    # A window of 32 goes in four slices of eight: 40 mails make five slices.
+    d = deliverer(ledger, smtp, window=32, signer=signer)
+    await d.handle_many([a_mail(f"msg-{n}", f"contact-{n}") for n in range(40)])
+    assert len(signed) == 40
+    assert len(hand_offs) == 5
+    assert all(r.state == "sent" for r in ledger.rows.values())

@@ -25,7 +25,6 @@ _WORD_OVERHEAD = len("=?UTF-8?B??=")
 _JIS_WORD_OVERHEAD = len(f"=?{JIS}?b??=")
 _ADDRESS = re.compile(r"^[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-\[\]:]+$")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
-_AFTER_TAG = re.compile(r"(?<=>)")
 # 7-bit body lines stay well inside RFC 5322's 998 octets.
 MAX_BODY_LINE = 990
 
@@ -45,7 +44,40 @@ def _max_bytes(line_used: int) -> int:
 
 
 def _encoded_words(text: str, line_used: int) -> list[str]:
-    """``text`` as B encoded-words; the first fits after ``line_used`` characters."""
+    """``text`` as B encoded-words; the first fits after ``line_used`` characters.
+
+    Each word takes as many whole characters as fit in its budget of UTF-8 octets: the
+    text is encoded once and cut before the first octet of a character, which is where
+    adding one character after another would stop.
+    """
+    try:
+        data = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: refused as the slow path refuses it
+        return _encoded_words_by_character(text, line_used)
+    words: list[str] = []
+    budget = _max_bytes(line_used)
+    if budget < 3:  # not even one character fits after the field name: start a new line
+        words.append("")
+        budget = _max_bytes(1)
+    start, size = 0, len(data)
+    while start < size:
+        cut = start + budget
+        if cut >= size:
+            cut = size
+        else:
+            while cut > start and 0x80 <= data[cut] < 0xC0:  # inside a character
+                cut -= 1
+            if cut == start:  # one character longer than the budget goes alone
+                cut += 1
+                while cut < size and 0x80 <= data[cut] < 0xC0:
+                    cut += 1
+        words.append(f"=?UTF-8?B?{binascii.b2a_base64(data[start:cut], newline=False).decode()}?=")
+        start = cut
+        budget = _max_bytes(1)
+    return words
+
+
+def _encoded_words_by_character(text: str, line_used: int) -> list[str]:
     words: list[str] = []
     chunk = b""
     budget = _max_bytes(line_used)
@@ -205,6 +237,24 @@ def _body(content: str) -> str:
     return b"\r\n".join(lines).decode("ascii")
 
 
+# The pieces of a long HTML line (a footer's tags and text) recur from mail to mail.
+_PIECE_CACHE_SIZE = 4096
+_CACHED_PIECE = 1024
+_piece_sizes: dict[str, int] = {}
+
+
+def _jis_size(piece: str) -> int:
+    """How many octets ``piece`` takes in ISO-2022-JP, from ASCII back to ASCII."""
+    size = _piece_sizes.get(piece)
+    if size is None:
+        size = len(piece.encode(JIS))
+        if len(piece) <= _CACHED_PIECE:
+            if len(_piece_sizes) >= _PIECE_CACHE_SIZE:
+                _piece_sizes.clear()
+            _piece_sizes[piece] = size
+    return size
+
+
 def _split_long(line: str, html: bool) -> list[bytes]:
     """One logical line as ISO-2022-JP lines of at most ``MAX_BODY_LINE`` octets.
 
@@ -216,12 +266,18 @@ def _split_long(line: str, html: bool) -> list[bytes]:
     one only saves escape sequences), so a piece that fits by the bound fits, and the
     joint encoding is measured only near the limit.
     """
-    pieces = _AFTER_TAG.split(line) if html else [line]
+    if html:
+        # The line cut after each ">", as splitting at the empty match after one would.
+        *tagged, last = line.split(">")
+        pieces = [piece + ">" for piece in tagged]
+        pieces.append(last)
+    else:
+        pieces = [line]
     out: list[bytes] = []
     current = ""
     bound = 0
     for piece in pieces:
-        size = len(piece.encode(JIS))
+        size = _jis_size(piece)
         if bound + size <= MAX_BODY_LINE:
             current += piece
             bound += size

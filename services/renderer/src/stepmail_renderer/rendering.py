@@ -1,6 +1,7 @@
 """From a due step and a template to a complete MIME message."""
 
 import hashlib
+import html
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -162,6 +163,8 @@ class MailRenderer:
     ) -> None:
         self._signer = TokenSigner(signing_keys)
         self._tracker = tracker_public_url.rstrip("/")
+        self._click_base = f"{self._tracker}/c/"
+        self._click_base_html = html.escape(self._click_base)
         self._senders = senders
         self._clock = clock
         self._compiled: OrderedDict[tuple[Any, ...], CompiledTemplate] = OrderedDict()
@@ -238,24 +241,31 @@ class MailRenderer:
         )
 
         utm = sender.utm(step.scenario_id, step.step_id, src.id) if profile.utm else ()
-        click_base = f"{self._tracker}/c/"
+        click_base, click_base_html = self._click_base, self._click_base_html
 
-        wrapped: dict[tuple[int, str], str] = {}
+        tokens: dict[tuple[int, str], str] = {}
         # A click token's payload is {"k": "c", **ref, "i": index, "u": url}: its JSON is
         # this mail's prefix, then the index and URL, exactly as orjson writes the dict.
-        click_prefix = orjson.dumps({"k": "c", **ref})[:-1] + b',"i":'
+        clicks = signer.with_prefix(orjson.dumps({"k": "c", **ref})[:-1] + b',"i":')
 
-        def wrap(index: int, url: str) -> str:
+        def click_token(index: int, url: str) -> str:
             # The text part repeats the HTML's links: one token per position and URL.
             key = (index, url)
-            found = wrapped.get(key)
+            found = tokens.get(key)
             if found is None:
                 target = with_utm(url, utm) if utm else url
-                document = b'%b%d,"u":%b}' % (click_prefix, index, orjson.dumps(target))
-                found = wrapped[key] = click_base + signer.sign_json(document)
+                found = tokens[key] = clicks.sign(b'%d,"u":%b}' % (index, orjson.dumps(target)))
             return found
 
-        links = LinkTracker(wrap, keep={unsubscribe_url})
+        def wrap(index: int, url: str) -> str:
+            return click_base + click_token(index, url)
+
+        def wrap_html(index: int, url: str) -> str:
+            return click_base_html + click_token(index, url)
+
+        links = LinkTracker(
+            wrap, keep={unsubscribe_url}, wrap_html=wrap_html if signer.html_safe else None
+        )
         html = links.html(html)
         text = links.text(text)
         if template.preheader is not None:

@@ -2,11 +2,12 @@
 
 The ledger row of a mail (keyed by ``message_id``) moves
 ``accepted -> sending -> sent | failed``, and ``sending -> ambiguous`` when the outcome
-of a handover cannot be known. Only the process whose conditional ``UPDATE`` moved the
-row into ``sending`` (recording itself as ``owner`` and bumping ``attempt``) talks to the
-SMTP server about it, and only that claim may record the answer. A mail in ``sent``,
-``failed`` or held ``ambiguous`` is never sent again: not on redelivery, retry, restart,
-rebalance, nor with any number of replicas.
+of a handover cannot be known; a consumed mail new to the ledger is recorded in
+``sending`` at once. Only the process whose conditional ``UPDATE`` (or recording
+``INSERT``) put the row in ``sending`` (recording itself as ``owner`` and bumping
+``attempt``) talks to the SMTP server about it, and only that claim may record the
+answer. A mail in ``sent``, ``failed`` or held ``ambiguous`` is never sent again: not on
+redelivery, retry, restart, rebalance, nor with any number of replicas.
 
 Ambiguous mails. SMTP has no idempotency: a process killed after claiming a mail and
 before recording the server's answer leaves the row in ``sending`` with a dead owner
@@ -194,12 +195,12 @@ class Deliverer:
 
         async def deliver(chunk: list[RenderedMail]) -> None:
             async with gate:
-                await self._retrying(lambda: self._ledger.accept_many(chunk, self._now()))
                 await self._deliver_window(
                     [m.message_id for m in chunk],
                     {m.message_id: m.parcel for m in chunk},
                     wait=True,
                     traces={m.message_id: m.trace for m in chunk if m.trace},
+                    new=chunk,
                 )
 
         # Every slice runs to its end (none is cancelled half-way through a handover);
@@ -231,19 +232,32 @@ class Deliverer:
         *,
         wait: bool,
         traces: Traces | None = None,
+        new: Sequence[RenderedMail] = (),
     ) -> None:
-        """Claim a window in one statement, send it concurrently, record it in one transaction.
+        """Claim a window in one statement, send it concurrently, record it in one statement.
 
-        ``traces`` (by message id) puts each mail's handover and delivery events in the
-        trace of the record that brought it.
+        ``new`` are consumed mails: those the ledger does not know yet are recorded as
+        claimed at once, and only the others are looked up to be claimed. ``traces`` (by
+        message id) puts each mail's handover and delivery events in the trace of the
+        record that brought it.
         """
         traces = traces or {}
+        # In hand before the first claim: the recovery loop must not take our own claims
+        # for abandoned ones.
         for message_id in message_ids:
             self._in_hand[message_id] += 1
         try:
-            claimed = await self._retrying(
-                lambda: self._ledger.claim_many(message_ids, self.owner, self._now(), traces)
-            )
+            claimed = []
+            if new:
+                claimed = await self._retrying(
+                    lambda: self._ledger.claim_new(new, self.owner, self._now(), traces)
+                )
+            fresh = {c.message_id for c in claimed}
+            known = [m for m in message_ids if m not in fresh]
+            if known:
+                claimed += await self._retrying(
+                    lambda: self._ledger.claim_many(known, self.owner, self._now(), traces)
+                )
             for row in claimed:
                 if row.state == "suppressed":
                     metrics.SUPPRESSED.labels(row.reason or "unknown").inc()
@@ -288,16 +302,26 @@ class Deliverer:
         """Send the claimed mails concurrently; a ``Reply`` result is an unknown outcome."""
         by_domain: dict[str, list[Delivery]] = collections.defaultdict(list)
         results: list[tuple[Delivery, Outcome | Reply]] = []
+        ready: list[tuple[Delivery, Parcel]] = []
         for row in sending:
             parcel = parcels.get(row.message_id)
             if parcel is None:
                 results.append((row, Outcome("failed", None, "parcel no longer stored")))
                 continue
-            by_domain[parcel.rcpt_domain if self._throttle else ""].append(row)
+            ready.append((row, parcel))
+        messages: dict[str, bytes] = {}
+        for (row, parcel), message in zip(ready, await self._compose_all(ready), strict=True):
+            if isinstance(message, Outcome):
+                results.append((row, message))
+            else:
+                messages[row.message_id] = message
+                by_domain[parcel.rcpt_domain if self._throttle else ""].append(row)
 
         async def one(row: Delivery) -> None:
             parcel = parcels[row.message_id]
-            results.append((row, await self._send_one(row, parcel, traces.get(row.message_id))))
+            carrier = traces.get(row.message_id)
+            sent = await self._send_one(row, parcel, messages[row.message_id], carrier)
+            results.append((row, sent))
 
         async def domain_group(domain: str, rows: list[Delivery]) -> None:
             tasks: list[asyncio.Task[None]] = []
@@ -315,8 +339,38 @@ class Deliverer:
         await asyncio.gather(*(domain_group(d, rows) for d, rows in by_domain.items()))
         return results
 
+    def _compose(self, claimed: Delivery, parcel: Parcel) -> bytes | Outcome:
+        """The bytes handed over (signed, then tagged), or why the mail cannot be made."""
+        try:
+            message = parcel.message_bytes()
+            if self._signer is not None:
+                message = self._signer(message)
+            if self._tagger is not None:
+                # After signing: an ESP strips its own header, which must not be signed.
+                message = self._tagger(claimed) + message
+        except PermanentError as exc:
+            return Outcome("failed", None, str(exc))
+        return message
+
+    async def _compose_all(self, mails: Sequence[tuple[Delivery, Parcel]]) -> list[bytes | Outcome]:
+        """Compose mails; with a signer, in one hand-off to a worker thread for them all.
+
+        RSA signing takes most of a millisecond and OpenSSL lets go of the GIL meanwhile:
+        in a thread, the event loop keeps the other mails moving. One hand-off per window
+        rather than per mail spares the executor's queue, futures and wake-ups per mail.
+        """
+        if self._signer is None or not mails:
+            return [self._compose(claimed, parcel) for claimed, parcel in mails]
+        return await asyncio.to_thread(
+            lambda: [self._compose(claimed, parcel) for claimed, parcel in mails]
+        )
+
     async def _send_one(
-        self, claimed: Delivery, parcel: Parcel, carrier: dict[str, str] | None = None
+        self,
+        claimed: Delivery,
+        parcel: Parcel,
+        message: bytes,
+        carrier: dict[str, str] | None = None,
     ) -> Outcome | Reply:
         """One handover in a client span, in the mail's trace (``carrier``) when known.
 
@@ -324,7 +378,7 @@ class Deliverer:
         per mail than the rest of the bookkeeping, and there is nothing to record it.
         """
         if not telemetry.recording():
-            return await self._hand_over(claimed, parcel)
+            return await self._hand_over(claimed, parcel, message)
         with tracer.start_as_current_span(
             "handover",
             context=telemetry.context_from_carrier(carrier),
@@ -334,7 +388,7 @@ class Deliverer:
                 "stepmail.attempt": claimed.attempt,
             },
         ) as span:
-            result = await self._hand_over(claimed, parcel)
+            result = await self._hand_over(claimed, parcel, message)
             if isinstance(result, Reply):
                 span.set_attribute("stepmail.handover.verdict", result.verdict.value)
             else:
@@ -343,20 +397,11 @@ class Deliverer:
                     span.set_attribute("stepmail.smtp.code", result.code)
             return result
 
-    async def _hand_over(self, claimed: Delivery, parcel: Parcel) -> Outcome | Reply:
+    async def _hand_over(
+        self, claimed: Delivery, parcel: Parcel, message: bytes
+    ) -> Outcome | Reply:
         if claimed.resend:
             metrics.RESENDS.inc()
-        try:
-            message = parcel.message_bytes()
-            if self._signer is not None:
-                # RSA signing takes most of a millisecond and OpenSSL lets go of the GIL
-                # meanwhile: in a thread, the event loop keeps the other mails moving.
-                message = await asyncio.to_thread(self._signer, message)
-            if self._tagger is not None:
-                # After signing: an ESP strips its own header, which must not be signed.
-                message = self._tagger(claimed) + message
-        except PermanentError as exc:
-            return Outcome("failed", None, str(exc))
         conns = self._throttle.connections(parcel.rcpt_domain) if self._throttle else None
         started = time.perf_counter()
         if conns is None:
@@ -506,7 +551,10 @@ class Deliverer:
         if parcel is None:
             # The ledger keeps the parcel until the fate is known; erasure may have taken it.
             return await self._record(claimed, Outcome("failed", None, "parcel no longer stored"))
-        result = await self._send_one(claimed, parcel)
+        message = (await self._compose_all([(claimed, parcel)]))[0]
+        if isinstance(message, Outcome):
+            return await self._record(claimed, message, parcel)
+        result = await self._send_one(claimed, parcel, message)
         if isinstance(result, Reply):
             marked = await self._retrying(
                 lambda: self._declare_ambiguous(claimed, result.text, parcel)

@@ -149,6 +149,23 @@ class Ledger:
         hashes = [self.address_hash(m.parcel.envelope.rcpt_to) for m in mails]
         return await repository.insert_many(self._pool, mails, hashes, at)
 
+    async def claim_new(
+        self,
+        mails: Sequence[RenderedMail],
+        owner: int,
+        at: datetime,
+        traces: Mapping[str, dict[str, str]] | None = None,
+    ) -> list[Delivery]:
+        """Record new mails already claimed by ``owner`` (``sending``, or ``suppressed``)
+        with their events; mails whose message id the ledger holds are left out."""
+        hashes = [self.address_hash(m.parcel.envelope.rcpt_to) for m in mails]
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await repository.claim_new(conn, mails, hashes, owner, at)
+            await self._with_events(claimed, conn, at, traces)
+        if claimed:
+            self.outbox_ready.set()
+        return claimed
+
     async def claim_many(
         self,
         message_ids: Sequence[str],

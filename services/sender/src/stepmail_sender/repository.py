@@ -5,6 +5,7 @@ row in ``sending``, on its owner and attempt), so two processes can never both m
 same row: the loser's update matches nothing.
 """
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final, TypeAlias
@@ -29,11 +30,7 @@ Finish: TypeAlias = tuple[Delivery, Outcome, Parcel | None, dict[str, Any], dict
 # classid of the sender's owner locks (two-int form, objsubid 2), apart from other locks.
 OWNER_LOCK_CLASS: Final = 0x53454E44  # "SEND"
 
-_COLUMNS = (
-    "message_id, contact_id, scenario_id, scenario_version, step_id, step_index, state,"
-    " attempt, owner, resend, policy, smtp_code, smtp_response, created_at, updated_at,"
-    " claimed_at, finished_at, next_attempt_at, bounce, dsn, reason, topic"
-)
+_COLUMNS = ", ".join(f.name for f in dataclasses.fields(Delivery))
 _D_COLUMNS = ", ".join(f"d.{c.strip()}" for c in _COLUMNS.split(","))
 
 # A row that may be claimed now: new, ambiguous under ``resend``, or deferred and due.
@@ -41,21 +38,30 @@ _CLAIMABLE = (
     "(d.state = 'accepted' OR (d.state = 'ambiguous' AND d.policy = 'resend')"
     " OR (d.state = 'deferred' AND d.next_attempt_at <= $3::timestamptz))"
 )
-# Why the row's recipient must not get it, if they must not (NULL otherwise): a
-# suppression of the address or contact, else an opt-out of the mail's topic
-# (``domain.TOPIC_OPT_OUT``).
-_SUPPRESSED_BECAUSE = (
-    "COALESCE((SELECT s.reason FROM suppressions s WHERE s.mail_kind IN ('*', d.mail_kind) AND"
-    " ((s.scope = 'address' AND s.key = d.rcpt_hash)"
-    " OR (s.scope = 'contact' AND s.key = d.contact_id))"
-    " ORDER BY s.created_at LIMIT 1),"
-    " (SELECT 'unsubscribed_topic'::text FROM topic_opt_outs t WHERE t.contact_id = d.contact_id"
-    " AND t.mail_kind = d.mail_kind AND t.topic = d.topic))"
-)
+
+
+def _suppressed_because(row: str) -> str:
+    """Why the recipient of ``row`` (an alias with the ledger's columns) must not get it,
+    if they must not (NULL otherwise): a suppression of the address or contact, else an
+    opt-out of the mail's topic (``domain.TOPIC_OPT_OUT``)."""
+    return (
+        "COALESCE((SELECT s.reason FROM suppressions s"  # noqa: S608 - a constant alias
+        f" WHERE s.mail_kind IN ('*', {row}.mail_kind) AND"
+        f" ((s.scope = 'address' AND s.key = {row}.rcpt_hash)"
+        f" OR (s.scope = 'contact' AND s.key = {row}.contact_id))"
+        " ORDER BY s.created_at LIMIT 1),"
+        " (SELECT 'unsubscribed_topic'::text FROM topic_opt_outs t"
+        f" WHERE t.contact_id = {row}.contact_id"
+        f" AND t.mail_kind = {row}.mail_kind AND t.topic = {row}.topic))"
+    )
+
+
+_SUPPRESSED_BECAUSE = _suppressed_because("d")
 
 
 def _delivery(row: asyncpg.Record) -> Delivery:
-    return Delivery(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - Record
+    # The columns are selected in the order of the fields (``_COLUMNS``).
+    return Delivery(*row)
 
 
 async def insert_many(
@@ -88,6 +94,49 @@ async def insert_many(
         at,
     )
     return int(status.rsplit(" ", 1)[-1])
+
+
+async def claim_new(
+    conn: Conn,
+    mails: Sequence[RenderedMail],
+    hashes: Sequence[str],
+    owner: int,
+    at: datetime,
+) -> list[Delivery]:
+    """Record the mails whose message id is new straight in ``sending`` (or ``suppressed``),
+    claimed by ``owner``: one statement, where recording them ``accepted`` and then
+    claiming them would take two and leave a dead row version each.
+
+    Mails already in the ledger are left out; ``claim_many`` takes those that may go.
+    """
+    rows = await conn.fetch(
+        "INSERT INTO deliveries AS d (message_id, contact_id, enrollment_id, scenario_id,"  # noqa: S608 - constant columns
+        " scenario_version, step_id, step_index, mail_kind, rcpt_hash, rcpt_domain, topic,"
+        " created_at, updated_at, claimed_at, state, reason, owner, attempt, finished_at)"
+        " SELECT m.*, $12::timestamptz, $12::timestamptz, $12::timestamptz,"
+        " CASE WHEN w.why IS NULL THEN 'sending' ELSE 'suppressed' END, w.why, $13, 1,"
+        " CASE WHEN w.why IS NULL THEN NULL ELSE $12::timestamptz END"
+        " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],"
+        " $7::int[], $8::text[], $9::text[], $10::text[], $11::text[]) AS m(message_id,"
+        " contact_id, enrollment_id, scenario_id, scenario_version, step_id, step_index,"
+        " mail_kind, rcpt_hash, rcpt_domain, topic)"
+        f" CROSS JOIN LATERAL (SELECT {_suppressed_because('m')}) AS w(why)"
+        f" ORDER BY m.message_id ON CONFLICT (message_id) DO NOTHING RETURNING {_D_COLUMNS}",
+        [m.message_id for m in mails],
+        [m.contact_id for m in mails],
+        [m.enrollment_id for m in mails],
+        [m.scenario_id for m in mails],
+        [m.scenario_version for m in mails],
+        [m.step_id for m in mails],
+        [m.step_index for m in mails],
+        [m.mail_kind for m in mails],
+        list(hashes),
+        [m.parcel.rcpt_domain for m in mails],
+        [m.topic for m in mails],
+        at,
+        owner,
+    )
+    return [_delivery(r) for r in rows]
 
 
 async def claim_many(

@@ -24,6 +24,7 @@ import base64
 import collections
 import contextlib
 import enum
+import itertools
 import re
 import socket
 import ssl
@@ -37,6 +38,7 @@ MAX_REPLY_TEXT = 1000
 # Commands carry no control characters: a CR or LF in an address would inject commands.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LINE_STARTING_WITH_DOT = re.compile(rb"\n\.")
 
 
 class InvalidSmtpUrlError(ValueError):
@@ -198,16 +200,23 @@ async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, str]:
 
 
 def data_payload(message: bytes) -> bytes:
-    """The message as it goes after DATA: CRLF line ends, leading dots doubled, ``.``."""
-    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
-        b"\r\n"
+    """The message as it goes after DATA: CRLF line ends, leading dots doubled, ``.``.
+
+    Rendered mail already has CRLF line ends and seldom a line starting with a dot, so the
+    checks come first, in the forms CPython runs fastest over ~10 KB: splitting on and
+    counting single bytes, and a compiled search, rather than counting two-byte needles.
+    """
+    lines = message.split(b"\n")
+    if message.count(b"\r") != len(lines) - 1 or not all(
+        map(bytes.endswith, lines[:-1], itertools.repeat(b"\r"))
     ):
         message = _BARE_LINE_END.sub(b"\r\n", message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
-    message = message.replace(b"\r\n.", b"\r\n..")
-    if message.startswith(b"."):
-        message = b"." + message
+    if message.startswith(b".") or _LINE_STARTING_WITH_DOT.search(message):
+        message = message.replace(b"\r\n.", b"\r\n..")
+        if message.startswith(b"."):
+            message = b"." + message
     return message + b".\r\n"
 
 
