@@ -825,7 +825,7 @@ async def test_an_enrollment_made_and_changed_in_one_pass_is_written_as_it_ends_
     writes.finish(ended.id, "exited", at, "opted_out")
     writes.finish(ended.id, "completed", at + _days(1))
     writes.schedule(ended.id, 1, at)
-    assert not writes.schedules and not writes.finishes, "folded into the inserts"
+    assert writes.schedules == writes.finishes == [], "folded into the inserts"
     async with env.pool.acquire() as conn, conn.transaction():
         await writes.flush(conn)
 
