@@ -112,9 +112,9 @@ def _dkim_env(workdir: Path) -> dict[str, str]:
 
 
 def _profile(run: Run, seconds: float) -> list[subprocess.Popen[bytes]]:
-    """py-spy on each busy service for the window (flame graphs beside the logs)."""
+    """py-spy on each service for the window (flame graphs beside the logs)."""
     spies = []
-    for name in ("ingest", "orchestrator", "renderer", "sender"):
+    for name in ("ingest", "orchestrator", "renderer", "sender", "tracker"):
         out = run.stack.workdir / f"profile-{run.name}-{name}.txt"
         spies.append(
             subprocess.Popen(  # noqa: S603 - py-spy from the virtualenv, our own argv
