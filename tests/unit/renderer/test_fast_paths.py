@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stepmail_common.signing import Signer
-from stepmail_renderer import footer, htmltext, iso2022jp, links, mime
+from stepmail_renderer import footer, htmltext, iso2022jp, links, mime, rendering
 from stepmail_renderer.filters import FilterError, yen
 from stepmail_renderer.htmltext import html_to_text
 from stepmail_renderer.sandbox import compile_template, environment, render
@@ -428,7 +428,37 @@ def _jis_body_reference(content: str, html: bool) -> str:
     st.booleans(),
 )
 def test_jis_bodies_encoded_whole_are_their_lines_encoded_one_by_one(content: str, html: bool):
-    assert mime._jis_body(content, html) == _jis_body_reference(content, html)
+    expected = _jis_body_reference(content, html)
+    assert mime._jis_body(content, html) == expected
+    assert mime._jis_body(content, html, content.encode(iso2022jp.CODEC)) == expected
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "<meta charset=utf-8>",
+                '<META http-equiv="x" CHARSET="UTF-8">',
+                "<meta>",
+                "utf-8",
+                "あ",
+                "¥",
+                "a",
+                "\n",
+                ">",
+                "<p>",
+                "charset=utf-8",
+                "<meta name=x charset='utf-8'",
+            ]
+        ),
+        max_size=20,
+    ).map("".join)
+)
+def test_jis_html_declared_keeps_its_octets_in_step(html: str):
+    declared = rendering._META_CHARSET.sub(r"\1iso-2022-jp", html)
+    expected = (declared, declared.encode(iso2022jp.CODEC))
+    assert rendering._declare_jis(html, html.encode(iso2022jp.CODEC)) == expected
 
 
 class _ReferenceLinks:

@@ -75,14 +75,19 @@ def to_jis_text(text: str, where: str) -> str:
     everywhere and the text tried again, so a mail with one or two such characters (a
     name's 髙, a ～) costs a few encodings, not a look at each of its characters.
     """
+    return encoded_jis_text(text, where)[0]
+
+
+def encoded_jis_text(text: str, where: str) -> tuple[str, bytes]:
+    """``to_jis_text`` and its ISO-2022-JP octets, which finding the replacements makes."""
     halfwidth_folded = False
     while True:
         try:
-            text.encode(CODEC)
+            encoded = text.encode(CODEC)
         except UnicodeEncodeError as exc:
             char = text[exc.start]
         else:
-            return text
+            return text, encoded
         if not halfwidth_folded and _HALFWIDTH.match(char):
             # NFKC composes ｶﾞ into ガ: fold every half-width run before anything else.
             text = _HALFWIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group(0)), text)

@@ -305,16 +305,20 @@ def _split_long(line: str, html: bool) -> list[bytes]:
     return out
 
 
-def _jis_body(content: str, html: bool) -> str:
+def _jis_body(content: str, html: bool, encoded: bytes | None = None) -> str:
     """The body as ISO-2022-JP lines of CRLF, each within ``MAX_BODY_LINE`` octets.
 
-    The encoder goes back to ASCII before every line break, so the whole body encoded at
-    once is its lines encoded one by one, joined: it is encoded once, and only lines
-    that turn out too long are encoded again to be folded.
+    ``encoded`` is ``content.encode("iso-2022-jp")``, when the caller has it already.
+    The encoder goes back to ASCII before every CR and LF, so the whole body encoded at
+    once is its lines encoded one by one, joined, and its line ends are normalised in
+    the octets as in the text: it is encoded once, and only lines that turn out too
+    long are encoded again to be folded.
     """
+    if encoded is None:
+        encoded = content.encode(JIS)
     if "\r" in content:
         content = content.replace("\r\n", "\n").replace("\r", "\n")
-    encoded = content.encode(JIS)
+        encoded = encoded.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     lines = encoded.split(b"\n")
     if max(map(len, lines)) > MAX_BODY_LINE:
         folded: list[bytes] = []
@@ -325,11 +329,17 @@ def _jis_body(content: str, html: bool) -> str:
 
 
 def alternative(
-    headers: Sequence[str], text: str, html: str, boundary: str, charset: str = "utf-8"
+    headers: Sequence[str],
+    text: str,
+    html: str,
+    boundary: str,
+    charset: str = "utf-8",
+    jis_octets: tuple[bytes, bytes] | None = None,
 ) -> str:
     """The whole message: ``headers`` lines, then text/plain first and text/html last.
 
-    UTF-8 bodies are base64; ISO-2022-JP bodies (text already JIS-safe) are 7bit.
+    UTF-8 bodies are base64; ISO-2022-JP bodies (text already JIS-safe) are 7bit, made
+    from ``jis_octets`` (the text and HTML encoded) when the caller has them.
     """
     lines = [
         *headers,
@@ -341,13 +351,14 @@ def alternative(
             if len(physical) > MAX_LINE:
                 raise MimeError(f"a header line is longer than {MAX_LINE} characters")
     parts = []
-    for subtype, content in (("plain", text), ("html", html)):
+    octets = jis_octets or (None, None)
+    for subtype, content, encoded in (("plain", text, octets[0]), ("html", html, octets[1])):
         if charset == JIS:
             parts.append(
                 f"--{boundary}{CRLF}"
                 f'Content-Type: text/{subtype}; charset="ISO-2022-JP"{CRLF}'
                 f"Content-Transfer-Encoding: 7bit{CRLF}{CRLF}"
-                f"{_jis_body(content, subtype == 'html')}"
+                f"{_jis_body(content, subtype == 'html', encoded)}"
             )
             continue
         parts.append(

@@ -37,6 +37,29 @@ _PIXEL = (
 )
 
 
+def _declare_jis(html: str, octets: bytes) -> tuple[str, bytes]:
+    """The HTML with its meta charset made ISO-2022-JP, and its octets to match.
+
+    The charset is replaced in the text as always; the octets are not encoded again. A
+    boundary after an ASCII character ("utf-8" ends in one, "iso-2022-jp" too) finds the
+    encoder in ASCII with nothing pending, so the octets of what follows the last
+    replacement are the same before and after it: only the head up to there is encoded.
+    """
+    ends: list[int] = []
+
+    def declare(match: re.Match[str]) -> str:
+        ends.append(match.end())
+        return f"{match[1]}iso-2022-jp"
+
+    declared = _META_CHARSET.sub(declare, html)
+    if not ends:
+        return html, octets
+    tail = len(html) - ends[-1]
+    old_head = html[: ends[-1]].encode(iso2022jp.CODEC)
+    new_head = declared[: len(declared) - tail].encode(iso2022jp.CODEC)
+    return declared, new_head + octets[len(old_head) :]
+
+
 class MailKindMismatchError(PermanentError):
     """A marketing template due as transactional mail, which would dodge marketing opt-outs."""
 
@@ -279,12 +302,14 @@ class MailRenderer:
         text = text.rstrip() + mail_footer.text(unsubscribe_url)
 
         to_name = step.contact_name
+        jis_octets = None
         if sender.jis:
             jis = iso2022jp.to_jis_text
             subject = jis(subject, f"{where} subject")
             to_name = jis(to_name, "the contact's name") if to_name else None
-            text = jis(text, f"{where} text")
-            html = _META_CHARSET.sub(r"\1iso-2022-jp", jis(html, f"{where} html"))
+            text, text_octets = iso2022jp.encoded_jis_text(text, f"{where} text")
+            html, html_octets = _declare_jis(*iso2022jp.encoded_jis_text(html, f"{where} html"))
+            jis_octets = (text_octets, html_octets)
             subject_line = mime.jis_unstructured("Subject", subject)
             to_line = mime.jis_mailbox("To", to_name, step.email)
         else:
@@ -312,7 +337,12 @@ class MailRenderer:
         return RenderedMail(
             message_id=step.message_id,
             mime=mime.alternative(
-                headers, text, html, boundary, iso2022jp.CODEC if sender.jis else "utf-8"
+                headers,
+                text,
+                html,
+                boundary,
+                iso2022jp.CODEC if sender.jis else "utf-8",
+                jis_octets,
             ),
             mail_from=sender.from_address,
             rcpt_to=step.email,

@@ -234,10 +234,11 @@ class Deliverer:
         traces: Traces | None = None,
         new: Sequence[RenderedMail] = (),
     ) -> None:
-        """Claim a window in one statement, send it concurrently, record it in one statement.
+        """Claim a window, send it concurrently, record its outcomes in one statement.
 
         ``new`` are consumed mails: those the ledger does not know yet are recorded as
-        claimed at once, and only the others are looked up to be claimed. ``traces`` (by
+        claimed at once (one statement), and only the others are claimed by message id
+        (one more). ``traces`` (by
         message id) puts each mail's handover and delivery events in the trace of the
         record that brought it.
         """
