@@ -96,3 +96,61 @@ def test_failed_items_are_dead_lettered_alone_and_the_rest_committed(kafka_boots
     assert CloudEvent.from_json(dead[0].value or b"").id == poisoned
     headers = dict(dead[0].headers)
     assert headers[DLQ_REASON] == b"PermanentError: contact c-same cannot be erased"
+
+
+def test_a_consumer_after_another_waits_until_that_group_has_caught_up(kafka_bootstrap: str):
+    """The sender's rule: unsubscribes published before it started are applied before any
+    mail is handled, however slowly the feedback consumer goes."""
+    topics = Topics(f"after{uuid.uuid4().hex[:8]}.")
+    feedback_topic, mail_topic = topics.engagement_events, topics.mail_rendered
+    backlog = [erased(f"c-{i}") for i in range(30)]
+    mail = erased("c-mail")
+
+    async def scenario() -> list[int]:
+        await ensure_topics(kafka_bootstrap, [feedback_topic], 2)
+        await ensure_topics(kafka_bootstrap, [mail_topic], 1)
+        applied: list[str] = []
+        seen_when_mail_handled: list[int] = []
+        done = asyncio.Event()
+        async with EventProducer(kafka_bootstrap, "test-after", enable_idempotence=False) as p:
+            for event in backlog:
+                await p.publish(feedback_topic, event, key=event.subject)
+            await p.publish(mail_topic, mail, key=mail.subject)
+
+            async def apply(batch: Sequence[CloudEvent]) -> None:
+                await asyncio.sleep(0.1)  # a slow feedback consumer
+                applied.extend(e.id for e in batch)
+
+            async def send(batch: Sequence[CloudEvent]) -> None:
+                seen_when_mail_handled.append(len(applied))
+                done.set()
+
+            feedback = BatchConsumer(
+                bootstrap=kafka_bootstrap,
+                topics=[feedback_topic],
+                group_id=f"{topics.prefix}feedback",
+                prepare=lambda e: e,
+                handler=apply,
+                producer=p,
+                max_batch=3,
+            )
+            mails = BatchConsumer(
+                bootstrap=kafka_bootstrap,
+                topics=[mail_topic],
+                group_id=f"{topics.prefix}mails",
+                prepare=lambda e: e,
+                handler=send,
+                producer=p,
+                after=feedback,
+            )
+            await asyncio.gather(feedback.start(), mails.start())
+            tasks = [asyncio.create_task(c.run()) for c in (feedback, mails)]
+            try:
+                await asyncio.wait_for(done.wait(), timeout=60)
+            finally:
+                for consumer in (feedback, mails):
+                    await consumer.stop()
+                await asyncio.gather(*tasks)
+        return seen_when_mail_handled
+
+    assert asyncio.run(scenario()) == [len(backlog)]

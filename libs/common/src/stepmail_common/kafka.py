@@ -300,9 +300,11 @@ class _GroupConsumer:
         producer: EventProducer,
         max_batch: int,
         retry_backoff: tuple[float, float],
+        after: "_GroupConsumer | None" = None,
     ) -> None:
         self._topics = list(topics)
         self._group_id = group_id
+        self._after = after
         self._producer = producer
         self._max_batch = max_batch
         self._backoff = retry_backoff
@@ -346,6 +348,8 @@ class _GroupConsumer:
     async def run(self) -> None:
         """Fetch a batch, process it, commit the offsets of what is done."""
         try:
+            if self._after is not None:
+                await self._after.caught_up(self._stopping)
             while not self._stopping.is_set():
                 batch = await self._fetch()
                 await self._observe_lag()
@@ -355,6 +359,38 @@ class _GroupConsumer:
                         await self._commit(done)
         finally:
             await self.close()
+
+    async def caught_up(self, stopping: asyncio.Event, poll: float = 0.2) -> None:
+        """Return once this consumer's group has committed, on every partition of its
+        topics, the log's end as it is now (or when ``stopping`` is set).
+
+        Whatever was on the topics when this is called has then been handled, by this
+        process or by another replica of the group."""
+        await self._consumer.topics()  # the partitions' metadata, if not known yet
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ())
+        ]
+        behind: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        report_at = time.monotonic() + 10
+        while not stopping.is_set():
+            committed = await asyncio.gather(*(self._consumer.committed(tp) for tp in behind))
+            behind = {
+                tp: end
+                for (tp, end), at in zip(behind.items(), committed, strict=True)
+                if end > (at or 0)
+            }
+            if not behind:
+                return
+            if time.monotonic() > report_at:
+                report_at += 10
+                log.info(
+                    "waiting for a consumer group to catch up",
+                    extra={"group": self._group_id, "partitions_behind": len(behind)},
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=poll)
 
     async def _fetch(self) -> Batch:
         batch: Batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
@@ -572,6 +608,10 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
 
     The items keep the order of their partition, so one contact's events of a topic arrive
     in order (there is no order between topics).
+
+    With ``after``, nothing is handled until that consumer's group has caught up with its
+    topics as they stood when this one started: the sender applies the unsubscribes and
+    bounces that arrived while it was down before it sends anything.
     """
 
     def __init__(
@@ -585,6 +625,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         producer: EventProducer,
         max_batch: int = 500,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
+        after: "_GroupConsumer | None" = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -593,6 +634,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
             producer=producer,
             max_batch=max_batch,
             retry_backoff=retry_backoff,
+            after=after,
         )
         self._prepare = prepare
         self._handler = handler

@@ -143,6 +143,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 handler=deliverer.handle_many,
                 producer=producer,
                 max_batch=settings.sender_batch_max,
+                after=feedback,
             )
             stack.push_async_callback(feedback.close)
             stack.push_async_callback(consumer.close)
