@@ -380,7 +380,9 @@ _JIS_TEXT = st.text(
     min_size=1,
     max_size=80,
 )
-_FIELD_NAMES = st.sampled_from(["Subject", "To", "From", "X-" + "N" * 40, "X-" + "N" * 60])
+_FIELD_NAMES = st.sampled_from(
+    ["Subject", "To", "From", *("X-" + "N" * n for n in (40, 52, 56, 60, 75))]
+)
 
 
 def _header_outcome(call: Any, *args: str) -> str:

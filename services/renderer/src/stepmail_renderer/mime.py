@@ -156,7 +156,7 @@ def _jis_words(text: str, name: str) -> str:
     """
     encoded = text.encode(JIS)  # refuses what Header refuses, with the same error
     first = MAX_ENCODED_LINE - len(name) - 2 - _JIS_WORD_OVERHEAD
-    if len(text.splitlines()) != 1 or first < _JIS_WORD_OVERHEAD:
+    if len(text.splitlines()) != 1:
         header = Header(text, JIS, maxlinelen=MAX_ENCODED_LINE, header_name=name)
         return header.encode(linesep=CRLF)
     budget = (first // 4) * 3

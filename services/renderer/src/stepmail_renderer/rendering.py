@@ -1,12 +1,12 @@
 """From a due step and a template to a complete MIME message."""
 
 import hashlib
-import html
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import format_datetime
+from html import escape
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -187,7 +187,7 @@ class MailRenderer:
         self._signer = TokenSigner(signing_keys)
         self._tracker = tracker_public_url.rstrip("/")
         self._click_base = f"{self._tracker}/c/"
-        self._click_base_html = html.escape(self._click_base)
+        self._click_base_html = escape(self._click_base)
         self._senders = senders
         self._clock = clock
         self._compiled: OrderedDict[tuple[Any, ...], CompiledTemplate] = OrderedDict()
