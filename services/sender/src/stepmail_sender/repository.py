@@ -64,6 +64,24 @@ def _delivery(row: asyncpg.Record) -> Delivery:
     return Delivery(*row)
 
 
+def _mail_columns(mails: Sequence[RenderedMail], hashes: Sequence[str]) -> list[list[Any]]:
+    """The ledger columns of ``mails`` as arrays, ``$1`` to ``$11`` of the statements that
+    record them."""
+    return [
+        [m.message_id for m in mails],
+        [m.contact_id for m in mails],
+        [m.enrollment_id for m in mails],
+        [m.scenario_id for m in mails],
+        [m.scenario_version for m in mails],
+        [m.step_id for m in mails],
+        [m.step_index for m in mails],
+        [m.mail_kind for m in mails],
+        list(hashes),
+        [m.parcel.rcpt_domain for m in mails],
+        [m.topic for m in mails],
+    ]
+
+
 async def insert_many(
     conn: Conn, mails: Sequence[RenderedMail], hashes: Sequence[str], at: datetime
 ) -> int:
@@ -80,17 +98,7 @@ async def insert_many(
         " SELECT m.*, $12::timestamptz, $12::timestamptz FROM unnest($1::text[], $2::text[],"
         " $3::text[], $4::text[], $5::int[], $6::text[], $7::int[], $8::text[], $9::text[],"
         " $10::text[], $11::text[]) AS m ON CONFLICT (message_id) DO NOTHING",
-        [m.message_id for m in mails],
-        [m.contact_id for m in mails],
-        [m.enrollment_id for m in mails],
-        [m.scenario_id for m in mails],
-        [m.scenario_version for m in mails],
-        [m.step_id for m in mails],
-        [m.step_index for m in mails],
-        [m.mail_kind for m in mails],
-        list(hashes),
-        [m.parcel.rcpt_domain for m in mails],
-        [m.topic for m in mails],
+        *_mail_columns(mails, hashes),
         at,
     )
     return int(status.rsplit(" ", 1)[-1])
@@ -122,17 +130,7 @@ async def claim_new(
         " mail_kind, rcpt_hash, rcpt_domain, topic)"
         f" CROSS JOIN LATERAL (SELECT {_suppressed_because('m')}) AS w(why)"
         f" ORDER BY m.message_id ON CONFLICT (message_id) DO NOTHING RETURNING {_D_COLUMNS}",
-        [m.message_id for m in mails],
-        [m.contact_id for m in mails],
-        [m.enrollment_id for m in mails],
-        [m.scenario_id for m in mails],
-        [m.scenario_version for m in mails],
-        [m.step_id for m in mails],
-        [m.step_index for m in mails],
-        [m.mail_kind for m in mails],
-        list(hashes),
-        [m.parcel.rcpt_domain for m in mails],
-        [m.topic for m in mails],
+        *_mail_columns(mails, hashes),
         at,
         owner,
     )
