@@ -301,6 +301,7 @@ class _GroupConsumer:
         max_batch: int,
         retry_backoff: tuple[float, float],
         after: "_GroupConsumer | None" = None,
+        fetch_max_wait_ms: int = 50,
     ) -> None:
         self._topics = list(topics)
         self._group_id = group_id
@@ -317,7 +318,7 @@ class _GroupConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=fetch_max_wait_ms,
             max_poll_interval_ms=300_000,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
@@ -528,6 +529,7 @@ class EventConsumer(_GroupConsumer):
         producer: EventProducer,
         max_batch: int = 200,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
+        fetch_max_wait_ms: int = 50,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -536,6 +538,7 @@ class EventConsumer(_GroupConsumer):
             producer=producer,
             max_batch=max_batch,
             retry_backoff=retry_backoff,
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._handler = handler
 
@@ -626,6 +629,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         max_batch: int = 500,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         after: "_GroupConsumer | None" = None,
+        fetch_max_wait_ms: int = 50,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -635,6 +639,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
             max_batch=max_batch,
             retry_backoff=retry_backoff,
             after=after,
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
         self._prepare = prepare
         self._handler = handler

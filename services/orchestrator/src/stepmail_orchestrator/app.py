@@ -154,6 +154,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 prepare=consumed,
                 handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             feedback: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
@@ -162,6 +163,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 prepare=consumed,
                 handler=FeedbackHandler(pool, clock, progress),
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             await start_together(
                 stack,

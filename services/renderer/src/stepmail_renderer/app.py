@@ -96,6 +96,7 @@ def create_app(settings: RendererSettings, clock: Clock | None = None) -> FastAP
                 prepare=due_step,
                 handler=StepDueHandler(repo, renderer, producer, topics, clock),
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 max_batch=settings.renderer_batch_max,
             )
             await start_background(stack, consumer, "consumer")

@@ -134,6 +134,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 group_id=settings.consumer_group("sender-feedback"),
                 handler=feedback_dispatcher(ledger),
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             consumer = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
@@ -142,6 +143,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 prepare=rendered_mail,
                 handler=deliverer.handle_many,
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
                 max_batch=settings.sender_batch_max,
                 after=feedback,
             )

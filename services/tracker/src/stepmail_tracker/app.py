@@ -115,6 +115,7 @@ def create_app(
                 prepare=consumed,
                 handler=handler(repo),
                 producer=producer,
+                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             )
             await start_background(stack, consumer, "consumer")
             rates = RatesLoop(

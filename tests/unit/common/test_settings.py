@@ -1,0 +1,23 @@
+"""The settings every service shares: what the environment may set, and what it may not."""
+
+import pytest
+from pydantic import ValidationError
+
+from stepmail_common.settings import CommonSettings
+
+
+def test_the_fetch_wait_defaults_to_quick_hops_and_takes_kafkas_longer_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert CommonSettings().kafka_fetch_max_wait_ms == 50
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "500")
+    assert CommonSettings().kafka_fetch_max_wait_ms == 500
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "30001"])
+def test_a_fetch_wait_out_of_range_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", value)
+    with pytest.raises(ValidationError, match="KAFKA_FETCH_MAX_WAIT_MS"):
+        CommonSettings()
