@@ -417,6 +417,7 @@ def test_configmap_holds_settings_but_no_secrets(docs: list[Doc], variant: str) 
         assert key in data, key
     assert data["HTTP_HOST"] == "0.0.0.0"
     assert data["KAFKA_ENABLE_IDEMPOTENCE"] == "true", "Apache Kafka: idempotent producer on"
+    assert data["KAFKA_FETCH_MAX_WAIT_MS"] == "500", "Apache Kafka: no idle fetch polling"
     assert data["SENDER_AMBIGUOUS_POLICY"] in ("hold", "resend")
     if variant == "overlays/prod":
         assert data["STEPMAIL_ENV"] == "production"
