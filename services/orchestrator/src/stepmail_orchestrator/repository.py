@@ -580,13 +580,16 @@ class PendingWrites:
                 *_columns(self.messages),
             )
         if self.touches:
-            # The latest time per contact, in id order, so that concurrent passes lock
-            # contacts in one order: no deadlock.
+            # The latest time per contact. The rows are locked in id order first (an
+            # UPDATE's join follows no order), so concurrent passes lock contacts in one
+            # order: no deadlock.
             latest = dict(sorted(self.touches))
             await conn.execute(
-                "UPDATE contacts c SET last_marketing_at = v.at"
-                " FROM (SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS v(id, at)"
-                " ORDER BY id) AS v WHERE c.id = v.id",
+                "WITH locked AS (SELECT id FROM contacts WHERE id = ANY($1::text[])"
+                " ORDER BY id FOR UPDATE)"
+                " UPDATE contacts c SET last_marketing_at = v.at"
+                " FROM locked JOIN unnest($1::text[], $2::timestamptz[]) AS v(id, at)"
+                " ON v.id = locked.id WHERE c.id = locked.id",
                 list(latest),
                 list(latest.values()),
             )
