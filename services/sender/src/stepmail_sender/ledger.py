@@ -18,6 +18,8 @@ import asyncpg
 
 from stepmail_common import event_types, telemetry
 from stepmail_common.events import CloudEvent, derived_id
+from stepmail_common.outbox import OutboxEvent
+from stepmail_common.outbox import add as add_to_outbox
 from stepmail_sender import repository
 from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
@@ -118,8 +120,16 @@ class Ledger:
     ) -> None:
         """Outbox events of ``deliveries``, each in its mail's trace when ``traces`` has it."""
         if deliveries:
-            await repository.add_events(
-                conn, self._topic, self._outbox_rows(deliveries, at, traces)
+            traces = traces or {}
+            await add_to_outbox(
+                conn,
+                [
+                    OutboxEvent(
+                        self._topic, d.contact_id, delivery_event(d, at), traces.get(d.message_id)
+                    )
+                    for d in deliveries
+                ],
+                checked=True,  # test_delivery_events_match_schema
             )
 
     @staticmethod

@@ -171,22 +171,6 @@ async def claim(conn: Conn, message_id: str, owner: int, at: datetime) -> Delive
     return claimed[0] if claimed else None
 
 
-async def add_events(conn: Conn, topic: str, events: Sequence[OutboxRow]) -> None:
-    """Write outbox rows (``stepmail_common.outbox``'s table) in one statement, in order.
-
-    The rows travel as one JSON parameter: one encode and one server round of parsing,
-    where a statement per row costs a bind and an execute each.
-    """
-    if events:
-        await conn.execute(
-            "INSERT INTO outbox (topic, key, event, trace)"
-            " SELECT $1, e.doc->>'key', e.doc->'event', NULLIF(e.doc->'trace', 'null'::jsonb)"
-            " FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS e(doc, n) ORDER BY e.n",
-            topic,
-            [{"key": key, "event": event, "trace": trace} for key, event, trace in events],
-        )
-
-
 async def finish_many(
     conn: Conn,
     done: Sequence[Finish],
