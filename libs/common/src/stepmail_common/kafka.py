@@ -31,6 +31,7 @@ from opentelemetry import trace
 from stepmail_common import telemetry
 from stepmail_common.errors import RetriableError, is_retriable
 from stepmail_common.events import CONTENT_TYPE, CloudEvent, validate
+from stepmail_common.offset_gaps import GapGuard
 from stepmail_common.partitioning import KeyPartitioner
 from stepmail_common.topics import Topics
 
@@ -279,6 +280,17 @@ def _ended(span: trace.Span) -> Iterator[None]:
         span.end()
 
 
+# How long a consumer waits before fetching a partition again from a hole in its offsets.
+_GAP_RECHECK = 0.01
+
+
+def _count_gap(tp: TopicPartition, stepped_over: bool) -> None:
+    outcome = "stepped_over" if stepped_over else "filled"
+    telemetry.KAFKA_OFFSET_GAPS.labels(tp.topic, outcome).inc()
+    if stepped_over:
+        log.warning("stepped over a hole in a partition's offsets", extra={"topic": tp.topic})
+
+
 Handler = Callable[[CloudEvent], Awaitable[None]]
 T = TypeVar("T")
 Failures = Mapping[int, Exception]
@@ -325,6 +337,7 @@ class _GroupConsumer:
         )
         self._started = False
         self._reported: set[TopicPartition] = set()
+        self._gaps: GapGuard[TopicPartition] = GapGuard(outcome=_count_gap)
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -394,8 +407,25 @@ class _GroupConsumer:
                 await asyncio.wait_for(stopping.wait(), timeout=poll)
 
     async def _fetch(self) -> Batch:
-        batch: Batch = await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
-        return batch
+        return await self._admit(
+            await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+        )
+
+    async def _admit(self, batch: Batch) -> Batch:
+        """``batch`` without what follows a hole in a partition's offsets; such a partition
+        is fetched again from the hole, after a moment (see ``offset_gaps``)."""
+        admitted: Batch = {}
+        held_back = False
+        for tp, records in batch.items():
+            kept, again = self._gaps.admit(tp, records)
+            if again is not None:
+                self._consumer.seek(tp, again)
+                held_back = True
+            if kept:
+                admitted[tp] = list(kept)
+        if held_back:
+            await asyncio.sleep(_GAP_RECHECK)
+        return admitted
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         """Handle ``batch``; the next offset to commit per partition whose work is done."""
@@ -459,6 +489,7 @@ class _GroupConsumer:
         the sum over processes counts each partition once.
         """
         assigned = set(self._consumer.assignment())
+        self._gaps.forget(assigned)
         for tp in self._reported - assigned:
             telemetry.KAFKA_CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
         self._reported &= assigned
@@ -549,7 +580,9 @@ class EventConsumer(_GroupConsumer):
         if batch:
             for tp in self._consumer.assignment():
                 if tp not in batch:
-                    batch |= await self._consumer.getmany(tp, max_records=self._max_batch)
+                    batch |= await self._admit(
+                        await self._consumer.getmany(tp, max_records=self._max_batch)
+                    )
         return batch
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:

@@ -49,6 +49,12 @@ KAFKA_CONSUMER_LAG = Gauge(
     " partition, as of the last fetch",
     ["group", "topic", "partition"],
 )
+KAFKA_OFFSET_GAPS = Counter(
+    "stepmail_kafka_offset_gaps_total",
+    "Holes in a partition's offsets that a consumer waited for: filled (a batch the broker"
+    " showed late) or stepped over (still open after the wait)",
+    ["topic", "outcome"],
+)
 HTTP_REQUESTS = Counter(
     "stepmail_http_requests_total", "HTTP requests served", ["method", "route", "status"]
 )
