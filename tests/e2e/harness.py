@@ -23,6 +23,7 @@ from stepmail_devstack.services import (
     start_platform,
     stop_services,
 )
+from stepmail_devstack.topic_reader import read_topic as read_topic
 
 T = TypeVar("T")
 
@@ -131,30 +132,5 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         tps = [TopicPartition(topic, p) for p in partitions]
         offsets = await consumer.end_offsets(tps) if tps else {}
         return {tp.partition: offset for tp, offset in offsets.items()}
-    finally:
-        await consumer.stop()
-
-
-async def read_topic(
-    bootstrap: str,
-    topic: str,
-    until: Callable[[list[Any]], bool],
-    within: float = 20.0,
-) -> list[Any]:
-    """Read ``topic`` from the beginning until ``until(records)`` holds or the deadline."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                records.extend(messages)
-            if until(records):
-                return records
-        raise AssertionError(f"timed out reading {topic}: {len(records)} records")
     finally:
         await consumer.stop()

@@ -83,8 +83,20 @@ def test_two_replicas_fire_every_due_step_exactly_once_through_a_sigkill(
     )
     second_port = free_port()
     processes = [
-        ServiceProcess("ingest", ports["ingest"], envs["ingest"], cwd=repo_root),
-        ServiceProcess("orchestrator", ports["orchestrator"], envs["orchestrator"], cwd=repo_root),
+        ServiceProcess(
+            "ingest",
+            ports["ingest"],
+            envs["ingest"],
+            cwd=repo_root,
+            log_path=tmp_path / "ingest.log",
+        ),
+        ServiceProcess(
+            "orchestrator",
+            ports["orchestrator"],
+            envs["orchestrator"],
+            cwd=repo_root,
+            log_path=tmp_path / "orchestrator-a.log",
+        ),
         ServiceProcess(
             "orchestrator",
             second_port,
@@ -118,14 +130,21 @@ def test_two_replicas_fire_every_due_step_exactly_once_through_a_sigkill(
         replica_b.start()
         replica_b.wait_ready(90)
 
-        records = asyncio.run(
-            read_topic(
-                kafka_bootstrap,
-                f"{prefix}steps-due",
-                lambda got: len({r.key for r in got}) >= CONTACTS and len(got) >= 2 * CONTACTS,
-                within=60,
+        try:
+            records = asyncio.run(
+                read_topic(
+                    kafka_bootstrap,
+                    f"{prefix}steps-due",
+                    lambda got: len({r.key for r in got}) >= CONTACTS and len(got) >= 2 * CONTACTS,
+                    within=60,
+                )
             )
-        )
+        except AssertionError as exc:
+            state = asyncio.run(_state(database_url))
+            logs = {
+                p.log_path.name: (p.running, _troubles(p.log_path)) for p in processes if p.log_path
+            }
+            raise AssertionError(f"{exc}; database: {state}; running, troubles: {logs}") from exc
         # A moment more, so that a late double firing would be on the topic too.
         records = asyncio.run(
             read_topic(
@@ -152,3 +171,35 @@ async def _fired_in_database(database_url: str) -> dict[str, int]:
     finally:
         await pool.close()
     return {r["step_id"]: r["n"] for r in rows}
+
+
+async def _state(database_url: str) -> dict[str, object]:
+    """What the orchestrator's tables hold, for a failure's message."""
+    pool = await create_pool(database_url, "orchestrator")
+    try:
+        return {
+            "messages": await _fired_in_database(database_url),
+            "outbox rows": await pool.fetchval("SELECT count(*) FROM outbox"),
+            "enrollments": [
+                dict(r)
+                for r in await pool.fetch(
+                    "SELECT status, step_index, next_due_at <= now() AS due, count(*) AS n"
+                    " FROM enrollments GROUP BY 1, 2, 3"
+                )
+            ],
+            "sessions": [
+                dict(r)
+                for r in await pool.fetch(
+                    "SELECT state, left(query, 60) AS query, count(*) AS n FROM pg_stat_activity"
+                    " WHERE datname = current_database() GROUP BY 1, 2"
+                )
+            ],
+        }
+    finally:
+        await pool.close()
+
+
+def _troubles(log: Path) -> list[str]:
+    """The last warnings and errors a service logged."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return [line[:300] for line in lines if re.search(r"warning|error|critical", line, re.I)][-5:]

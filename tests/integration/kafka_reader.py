@@ -1,30 +1,20 @@
 """Reading a topic from the start with a deadline, for the integration tests."""
 
-import time
-
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from cloudevents.core.bindings import kafka as ce_kafka
 
 from stepmail_common.events import CloudEvent
+from stepmail_devstack.topic_reader import ReadTimeout, read_topic
 
 
 async def read_records(
     bootstrap: str, topic: str, count: int, within: float = 30.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """The first ``count`` records of ``topic``; fewer only if the deadline passes."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    deadline = time.monotonic() + within
     try:
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await consumer.getmany(timeout_ms=200)).values():
-                records.extend(batch)
-    finally:
-        await consumer.stop()
-    return records
+        return await read_topic(bootstrap, topic, lambda got: len(got) >= count, within)
+    except ReadTimeout as timeout:
+        return timeout.records
 
 
 def parse_event(record: ConsumerRecord[bytes, bytes]) -> CloudEvent:
