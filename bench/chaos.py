@@ -41,6 +41,7 @@ from bench.accounting import Accounting, LedgerRow, account
 from bench.loadgen import contact_id
 from bench.sink import accepted_count, read_records
 from bench.stack import TRIGGER, Run, Stack, finish, open_stack, scenario, start_run
+from stepmail_common.kafka import log_ends
 from stepmail_common.topics import Topics
 
 MAILS = int(os.environ.get("CHAOS_MAILS", "20000"))
@@ -69,7 +70,7 @@ async def _dead_lettered(bootstrap: str, prefix: str) -> dict[str, int]:
             if topic not in topics:
                 continue
             parts = consumer.partitions_for_topic(topic) or set()
-            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            ends = await log_ends(bootstrap, [TopicPartition(topic, p) for p in parts])
             counts[topic.removeprefix(prefix)] = sum(ends.values())
         return counts
     finally:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stepmail_common.kafka import log_ends
 from stepmail_devstack.catcher import CatcherProcess
 from stepmail_devstack.processes import free_port
 from stepmail_devstack.services import (
@@ -130,7 +131,7 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
             await consumer._client.force_metadata_update()
             partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in partitions]
-        offsets = await consumer.end_offsets(tps) if tps else {}
+        offsets = await log_ends(bootstrap, tps) if tps else {}
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()

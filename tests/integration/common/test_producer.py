@@ -7,8 +7,9 @@ import uuid
 from collections import defaultdict
 
 import pytest
+from aiokafka import TopicPartition
 
-from stepmail_common.kafka import EventProducer, Serialised, ensure_topics
+from stepmail_common.kafka import EventProducer, Serialised, ensure_topics, log_ends
 from tests.integration.kafka_reader import read_records
 
 pytestmark = pytest.mark.integration
@@ -63,3 +64,21 @@ def test_a_publish_larger_than_a_batch_arrives_whole_and_in_order(kafka_bootstra
 
     records = asyncio.run(scenario())
     assert [record.value for record in records] == [item.value for item in many]
+
+
+def test_the_log_ends_count_every_record_of_a_last_batch(kafka_bootstrap: str):
+    """The embedded broker's ListOffsets answers a last batch's first offset plus one;
+    ``log_ends`` answers the offset after its last record, as Apache Kafka does."""
+    topic = f"producer{uuid.uuid4().hex[:8]}"
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+
+    async def scenario() -> dict[TopicPartition, int]:
+        await ensure_topics(kafka_bootstrap, [topic], 2)
+        async with EventProducer(kafka_bootstrap, "test-producer", enable_idempotence=False) as p:
+            await p.publish_many([_item(topic, "contact-1", seq) for seq in range(3)])
+            # One batch of its own: all 20 records on one partition.
+            await p.publish_many([_item(topic, "contact-1", seq) for seq in range(20)])
+        return await log_ends(kafka_bootstrap, tps)
+
+    ends = asyncio.run(scenario())
+    assert sorted(ends.values()) == [0, 23]

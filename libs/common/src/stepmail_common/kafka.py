@@ -61,6 +61,38 @@ async def ensure_topics(
         await admin.close()
 
 
+async def log_ends(
+    bootstrap: str, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record, as of now.
+
+    ListOffsets answers that on Apache Kafka; the embedded broker answers the last batch's
+    first offset plus one. So the answer is checked against the high watermark of a fetch
+    from just below it (one fetch per non-empty partition, on a consumer of its own).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        listed: dict[TopicPartition, int] = await consumer.end_offsets(list(partitions))
+        ends = {tp: end for tp, end in listed.items() if end == 0}
+        unsure = [tp for tp in partitions if tp not in ends]
+        consumer.assign(unsure)
+        for tp in unsure:
+            consumer.seek(tp, listed[tp] - 1)
+        deadline = time.monotonic() + 30
+        while len(ends) < len(listed):
+            if time.monotonic() > deadline:
+                raise RetriableError("no fetch answered with a high watermark")
+            await consumer.getmany(timeout_ms=200)
+            for tp in unsure:
+                high = consumer.highwater(tp)
+                if high is not None:
+                    ends[tp] = max(high, listed[tp])
+        return ends
+    finally:
+        await consumer.stop()
+
+
 _CONTENT_TYPE_HEADER = ("content-type", CONTENT_TYPE.encode())
 # From this many events on, a publish sends record batches of its own (see ``publish_many``).
 _OWN_BATCHES_FROM = 16
@@ -316,6 +348,7 @@ class _GroupConsumer:
         fetch_max_wait_ms: int = 50,
     ) -> None:
         self._topics = list(topics)
+        self._bootstrap = bootstrap
         self._group_id = group_id
         self._after = after
         self._producer = producer
@@ -386,7 +419,7 @@ class _GroupConsumer:
             for topic in self._topics
             for p in sorted(self._consumer.partitions_for_topic(topic) or ())
         ]
-        behind: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        behind = await log_ends(self._bootstrap, partitions)
         report_at = time.monotonic() + 10
         while not stopping.is_set():
             committed = await asyncio.gather(*(self._consumer.committed(tp) for tp in behind))

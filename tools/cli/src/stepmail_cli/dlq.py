@@ -28,7 +28,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stepmail_common.kafka import DLQ_REASON
+from stepmail_common.kafka import DLQ_REASON, log_ends
+from stepmail_common.offset_gaps import GapGuard
 from stepmail_common.topics import DLQ_SUFFIX
 
 DEFAULT_GROUP = "stepmail-dlq-replay"
@@ -128,7 +129,7 @@ async def _pending(
             for p in sorted(consumer.partitions_for_topic(dlq_topic) or ())
         ]
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await log_ends(bootstrap, tps)
         for tp in tps:
             committed = None if from_start else await consumer.committed(tp)
             if committed is None:
@@ -150,12 +151,17 @@ async def _records(
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """The pending records, partition by partition in offset order, at most ``limit``."""
     given = 0
-    for tp, (_, end) in sorted(pending.items(), key=lambda item: item[0].partition):
+    gaps: GapGuard[TopicPartition] = GapGuard()
+    for tp, (start, end) in sorted(pending.items(), key=lambda item: item[0].partition):
         idle = 0.0
+        gaps.expect(tp, start)
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=1000)
-            records = [r for r in batch.get(tp, []) if r.offset < end]
-            idle = 0.0 if records else idle + 1.0
+            kept, again = gaps.admit(tp, batch.get(tp, []))
+            if again is not None:
+                consumer.seek(tp, again)
+            records = [r for r in kept if r.offset < end]
+            idle = 0.0 if records or again is not None else idle + 1.0
             if idle >= idle_seconds:
                 raise UsageError(f"{tp.topic} {tp.partition}: no record arrives before {end}")
             for record in records:
