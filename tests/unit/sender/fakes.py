@@ -4,6 +4,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from stepmail_sender.domain import Delivery, Parcel, RenderedMail
+from stepmail_sender.ledger import finished_row
 from stepmail_sender.smtp import Reply, Verdict, reply_of
 
 
@@ -41,8 +42,10 @@ class FakeLedger:
         return True
 
     def _set(self, row: Delivery, **changes) -> Delivery:
-        new = dataclasses.replace(row, **changes)
-        self.rows[row.message_id] = new
+        return self._put(dataclasses.replace(row, **changes))
+
+    def _put(self, new: Delivery) -> Delivery:
+        self.rows[new.message_id] = new
         self.events.append(new)
         return new
 
@@ -103,16 +106,7 @@ class FakeLedger:
             self.stored.pop(claimed.message_id, None)
         elif parcel is not None:
             self.stored.setdefault(claimed.message_id, parcel)
-        return self._set(
-            row,
-            state=outcome.state,
-            smtp_code=outcome.code,
-            smtp_response=outcome.text,
-            bounce=outcome.bounce,
-            dsn=outcome.dsn,
-            next_attempt_at=outcome.next_attempt_at,
-            finished_at=None if outcome.state == "deferred" else at,
-        )
+        return self._put(finished_row(row, outcome, at))
 
     async def mark_ambiguous(self, stuck, policy, smtp_response, at, parcel=None):
         row = self._holds(stuck)

@@ -35,7 +35,7 @@ _EVENT_TYPES = {
 }
 
 
-def _finished(claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery:
+def finished_row(claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery:
     """The row of a claimed attempt once its outcome is recorded."""
     return dataclasses.replace(
         claimed,
@@ -209,7 +209,7 @@ class Ledger:
         if not done:
             return []
         parcels = parcels or {}
-        finished = [_finished(claimed, outcome, at) for claimed, outcome in done]
+        finished = [finished_row(claimed, outcome, at) for claimed, outcome in done]
         events = self._outbox_rows(finished, at, traces)
         recorded = await repository.finish_many(
             self._pool,
