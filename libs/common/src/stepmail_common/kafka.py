@@ -312,6 +312,9 @@ def _ended(span: trace.Span) -> Iterator[None]:
         span.end()
 
 
+# How long a fetch waits at the broker for data, unless told (``KAFKA_FETCH_MAX_WAIT_MS``):
+# short, as the embedded broker does not answer a waiting fetch when data arrives.
+FETCH_MAX_WAIT_MS = 50
 # How long a consumer waits before fetching a partition again from a hole in its offsets.
 _GAP_RECHECK = 0.01
 
@@ -345,7 +348,7 @@ class _GroupConsumer:
         max_batch: int,
         retry_backoff: tuple[float, float],
         after: "_GroupConsumer | None" = None,
-        fetch_max_wait_ms: int = 50,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         self._topics = list(topics)
         self._bootstrap = bootstrap
@@ -593,7 +596,7 @@ class EventConsumer(_GroupConsumer):
         producer: EventProducer,
         max_batch: int = 200,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
-        fetch_max_wait_ms: int = 50,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -695,7 +698,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         max_batch: int = 500,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         after: "_GroupConsumer | None" = None,
-        fetch_max_wait_ms: int = 50,
+        fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,

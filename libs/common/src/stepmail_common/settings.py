@@ -5,6 +5,8 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from stepmail_common.kafka import FETCH_MAX_WAIT_MS
+
 Environment = Literal["development", "test", "production"]
 
 
@@ -33,7 +35,7 @@ class CommonSettings(BaseSettings):
     # How long a consumer's fetch waits at the broker for data. Apache Kafka answers a
     # waiting fetch as soon as data arrives, so 500 costs no latency there and spares
     # idle polling; the embedded broker does not, so it keeps 50 for quick hops.
-    kafka_fetch_max_wait_ms: int = 50
+    kafka_fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
 
     otel_exporter_otlp_endpoint: str | None = None
 
