@@ -443,9 +443,20 @@ class _GroupConsumer:
                 await asyncio.wait_for(stopping.wait(), timeout=poll)
 
     async def _fetch(self) -> Batch:
+        await self._expect_new_partitions()
         return await self._admit(
             await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
         )
+
+    async def _expect_new_partitions(self) -> None:
+        """A partition newly assigned is read from its position (the committed offset), so a
+        hole right there is waited for too."""
+        for tp in self._consumer.assignment():
+            if self._gaps.expected(tp) is None:
+                try:
+                    self._gaps.expect(tp, await self._consumer.position(tp))
+                except IllegalStateError:
+                    continue  # taken away meanwhile
 
     async def _admit(self, batch: Batch) -> Batch:
         """``batch`` without what follows a hole in a partition's offsets; such a partition
