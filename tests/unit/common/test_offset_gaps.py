@@ -27,8 +27,8 @@ class Clock:
         return self.now
 
 
-def guard(clock: Clock, outcomes: list[tuple[str, bool]]) -> GapGuard[str]:
-    return GapGuard(patience=2.0, clock=clock, outcome=lambda p, s: outcomes.append((p, s)))
+def guard(clock: Clock, outcomes: list[tuple[str, int, bool]]) -> GapGuard[str]:
+    return GapGuard(patience=2.0, clock=clock, outcome=lambda *told: outcomes.append(told))
 
 
 def test_contiguous_records_pass_and_set_the_next_expected_offset() -> None:
@@ -39,19 +39,19 @@ def test_contiguous_records_pass_and_set_the_next_expected_offset() -> None:
 
 
 def test_a_hole_inside_a_fetch_keeps_what_precedes_it_and_asks_for_the_hole_again() -> None:
-    outcomes: list[tuple[str, bool]] = []
+    outcomes: list[tuple[str, int, bool]] = []
     clock = Clock()
     g = guard(clock, outcomes)
     assert g.admit("p", records(0, 1, 2, 6, 7)) == (records(0, 1, 2), 3)
     assert g.expected("p") == 3
     # Fetched again from 3: the late batch is there now.
     assert g.admit("p", records(3, 4, 5, 6, 7)) == (records(3, 4, 5, 6, 7), None)
-    assert outcomes == [("p", False)]
+    assert outcomes == [("p", 3, False)]
     assert g.expected("p") == 8
 
 
 def test_a_hole_before_a_fetch_holds_the_whole_fetch_back() -> None:
-    outcomes: list[tuple[str, bool]] = []
+    outcomes: list[tuple[str, int, bool]] = []
     clock = Clock()
     g = guard(clock, outcomes)
     g.admit("p", records(0, 1))
@@ -62,14 +62,14 @@ def test_a_hole_before_a_fetch_holds_the_whole_fetch_back() -> None:
 
 
 def test_a_hole_still_open_after_the_patience_is_stepped_over_and_told() -> None:
-    outcomes: list[tuple[str, bool]] = []
+    outcomes: list[tuple[str, int, bool]] = []
     clock = Clock()
     g = guard(clock, outcomes)
     g.admit("p", records(0, 1))
     assert g.admit("p", records(5, 6)) == ([], 2)
     clock.now = 2.0
     assert g.admit("p", records(5, 6)) == (records(5, 6), None)
-    assert outcomes == [("p", True)]
+    assert outcomes == [("p", 2, True)]
     assert g.expected("p") == 7
 
 

@@ -319,11 +319,14 @@ FETCH_MAX_WAIT_MS = 50
 _GAP_RECHECK = 0.01
 
 
-def _count_gap(tp: TopicPartition, stepped_over: bool) -> None:
+def _count_gap(tp: TopicPartition, hole: int, stepped_over: bool) -> None:
     outcome = "stepped_over" if stepped_over else "filled"
     telemetry.KAFKA_OFFSET_GAPS.labels(tp.topic, outcome).inc()
     if stepped_over:
-        log.warning("stepped over a hole in a partition's offsets", extra={"topic": tp.topic})
+        log.warning(
+            "stepped over a hole in a partition's offsets",
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": hole},
+        )
 
 
 Handler = Callable[[CloudEvent], Awaitable[None]]

@@ -27,8 +27,9 @@ class _Record(Protocol):
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R", bound=_Record)
 
-GapOutcome = Callable[[K, bool], None]
-"""Told, per hole waited for, whether it was filled (``False``) or stepped over (``True``)."""
+GapOutcome = Callable[[K, int, bool], None]
+"""Told, per hole waited for, its partition, its first offset, and whether it was filled
+(``False``) or stepped over (``True``)."""
 
 
 class GapGuard(Generic[K]):
@@ -94,5 +95,6 @@ class GapGuard(Generic[K]):
         return True
 
     def _resolved(self, partition: K, *, stepped_over: bool) -> None:
-        if self._waiting.pop(partition, None) is not None and self._outcome is not None:
-            self._outcome(partition, stepped_over)
+        waiting = self._waiting.pop(partition, None)
+        if waiting is not None and self._outcome is not None:
+            self._outcome(partition, waiting[0], stepped_over)
