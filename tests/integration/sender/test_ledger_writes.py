@@ -102,7 +102,8 @@ async def test_new_mails_are_recorded_claimed_and_known_ones_are_left_alone(send
         rendered("m-n-gone", rcpt_to="gone@example.org", contact_id="c-gone"),
         topical,
     ]
-    claimed = await ledger.claim_new(mails, OWNER, AT)
+    traces = {"m-n-new": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}
+    claimed = await ledger.claim_new(mails, OWNER, AT, traces)
     assert sorted((c.message_id, c.state, c.reason, c.attempt, c.owner) for c in claimed) == [
         ("m-n-gone", "suppressed", "bounced", 1, OWNER),
         ("m-n-new", "sending", None, 1, OWNER),
@@ -112,7 +113,13 @@ async def test_new_mails_are_recorded_claimed_and_known_ones_are_left_alone(send
     untouched = await ledger.get("m-n-known")
     assert untouched is not None
     assert untouched.state == "accepted", "a known mail is not taken"
-    assert sorted(key for key, *_ in await outbox(sender_pool)) == ["c-gone", "c-new", "c-topic"]
+    assert sorted(await outbox(sender_pool)) == [
+        ("c-gone", "m-n-gone", "stepmail.delivery.suppressed.v1", None),
+        ("c-new", "m-n-new", "stepmail.delivery.sending.v1", traces["m-n-new"]),
+        ("c-topic", "m-n-topic", "stepmail.delivery.suppressed.v1", None),
+    ]
+    # What the claim returns is the row as stored.
+    assert [c for c in claimed if c.message_id == "m-n-new"] == [await ledger.get("m-n-new")]
     rows = await sender_pool.fetch("SELECT message_id, rcpt_hash, finished_at FROM deliveries")
     by_id = {r["message_id"]: r for r in rows}
     assert by_id["m-n-new"]["rcpt_hash"] == ledger.address_hash("someone@example.org")

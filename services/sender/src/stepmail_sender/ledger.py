@@ -50,6 +50,30 @@ def finished_row(claimed: Delivery, outcome: Outcome, at: datetime) -> Delivery:
     )
 
 
+def sending_row(mail: RenderedMail, owner: int, at: datetime) -> Delivery:
+    """The row of a new mail recorded claimed by ``owner``, as ``claim_sending`` stores it."""
+    return Delivery(
+        message_id=mail.message_id,
+        contact_id=mail.contact_id,
+        scenario_id=mail.scenario_id,
+        scenario_version=mail.scenario_version,
+        step_id=mail.step_id,
+        step_index=mail.step_index,
+        state="sending",
+        attempt=1,
+        owner=owner,
+        resend=False,
+        policy=None,
+        smtp_code=None,
+        smtp_response=None,
+        created_at=at,
+        updated_at=at,
+        claimed_at=at,
+        finished_at=None,
+        topic=mail.topic,
+    )
+
+
 def _iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
 
@@ -170,11 +194,31 @@ class Ledger:
         traces: Mapping[str, dict[str, str]] | None = None,
     ) -> list[Delivery]:
         """Record new mails already claimed by ``owner`` (``sending``, or ``suppressed``)
-        with their events; mails whose message id the ledger holds are left out."""
+        with their events; mails whose message id the ledger holds are left out.
+
+        Most go in one statement, their rows and events made here as it will store them;
+        the rest (suppressed recipients, and ids the ledger holds) take a transaction.
+        """
         hashes = [self.address_hash(m.parcel.envelope.rcpt_to) for m in mails]
-        async with self._pool.acquire() as conn, conn.transaction():
-            claimed = await repository.claim_new(conn, mails, hashes, owner, at)
-            await self._with_events(claimed, conn, at, traces)
+        sending = [sending_row(m, owner, at) for m in mails]
+        recorded = await repository.claim_sending(
+            self._pool,
+            mails,
+            hashes,
+            owner,
+            at,
+            self._topic,
+            self._outbox_rows(sending, at, traces),
+        )
+        claimed = [d for d in sending if d.message_id in recorded]
+        rest = [(m, h) for m, h in zip(mails, hashes, strict=True) if m.message_id not in recorded]
+        if rest:
+            async with self._pool.acquire() as conn, conn.transaction():
+                others = await repository.claim_new(
+                    conn, [m for m, _ in rest], [h for _, h in rest], owner, at
+                )
+                await self._with_events(others, conn, at, traces)
+            claimed += others
         if claimed:
             self.outbox_ready.set()
         return claimed

@@ -137,6 +137,49 @@ async def claim_new(
     return [_delivery(r) for r in rows]
 
 
+async def claim_sending(
+    conn: Conn,
+    mails: Sequence[RenderedMail],
+    hashes: Sequence[str],
+    owner: int,
+    at: datetime,
+    topic: str,
+    events: Sequence[OutboxRow],
+) -> set[str]:
+    """Record the new mails that may go straight in ``sending``, claimed by ``owner``,
+    with their ``events`` (one per mail, in order): one statement, no transaction around it.
+
+    Returns the message ids recorded. Mails already in the ledger and mails whose
+    recipient is suppressed are left out; ``claim_new`` records the suppressed ones.
+    """
+    rows = await conn.fetch(
+        "WITH m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"  # noqa: S608 - constant
+        " $5::int[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],"
+        " $14::text[], $15::jsonb[], $16::jsonb[]) WITH ORDINALITY AS m(message_id,"
+        " contact_id, enrollment_id, scenario_id, scenario_version, step_id, step_index,"
+        " mail_kind, rcpt_hash, rcpt_domain, topic, key, event, trace, n)),"
+        " d AS (INSERT INTO deliveries AS d (message_id, contact_id, enrollment_id,"
+        " scenario_id, scenario_version, step_id, step_index, mail_kind, rcpt_hash,"
+        " rcpt_domain, topic, created_at, updated_at, claimed_at, state, owner, attempt)"
+        " SELECT m.message_id, m.contact_id, m.enrollment_id, m.scenario_id,"
+        " m.scenario_version, m.step_id, m.step_index, m.mail_kind, m.rcpt_hash,"
+        " m.rcpt_domain, m.topic, $12, $12, $12, 'sending', $13, 1 FROM m"
+        f" WHERE {_suppressed_because('m')} IS NULL"
+        " ORDER BY m.message_id ON CONFLICT (message_id) DO NOTHING RETURNING d.message_id),"
+        " o AS (INSERT INTO outbox (topic, key, event, trace)"
+        " SELECT $17, m.key, m.event, m.trace FROM m JOIN d USING (message_id) ORDER BY m.n)"
+        " SELECT message_id FROM d",
+        *_mail_columns(mails, hashes),
+        at,
+        owner,
+        [key for key, _, _ in events],
+        [event for _, event, _ in events],
+        [trace for _, _, trace in events],
+        topic,
+    )
+    return {r["message_id"] for r in rows}
+
+
 async def claim_many(
     conn: Conn, message_ids: Sequence[str], owner: int, at: datetime
 ) -> list[Delivery]:
