@@ -15,7 +15,8 @@ its maximum (32 sessions, persistent connections) in the same run, for the ratio
 The machine is shared, so each run also reports the sender processes' CPU seconds per
 1,000 mails (``/proc/<pid>/stat``, sampled while the ledger fills, over the same 10th to
 90th percentile) and the load average at its start and end. ``BENCH_SENDER_PYSPY=<path>``
-records each sender with py-spy (speedscope) during its run.
+records each sender with py-spy (speedscope) during its run. ``BENCH_SENDER_WINDOW`` and
+``BENCH_SENDER_POOL`` (default 128 and 16) set ``SENDER_WINDOW`` and ``SMTP_POOL_SIZE``.
 """
 
 import asyncio
@@ -46,8 +47,8 @@ from stepmail_devstack.rendered import publish, rendered_mails
 from stepmail_devstack.services import ServiceProcess
 
 PARTITIONS = 8
-WINDOW = 128
-POOL = 16
+WINDOW = int(os.environ.get("BENCH_SENDER_WINDOW", "128"))
+POOL = int(os.environ.get("BENCH_SENDER_POOL", "16"))
 GOALS = {"one": 3000, "two": 5000, "dkim": 1000, "untraced": 3000}
 LABELS = {
     "one": "1 process",
