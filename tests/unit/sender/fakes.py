@@ -4,7 +4,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 from stepmail_sender.domain import Delivery, Parcel, RenderedMail
-from stepmail_sender.ledger import finished_row
+from stepmail_sender.ledger import finished_row, sending_row
 from stepmail_sender.smtp import Reply, Verdict, reply_of
 
 
@@ -20,24 +20,9 @@ class FakeLedger:
     async def accept(self, mail: RenderedMail, at: datetime) -> bool:
         if mail.message_id in self.rows:
             return False
-        self.rows[mail.message_id] = Delivery(
-            message_id=mail.message_id,
-            contact_id=mail.contact_id,
-            scenario_id=mail.scenario_id,
-            scenario_version=mail.scenario_version,
-            step_id=mail.step_id,
-            step_index=mail.step_index,
-            state="accepted",
-            attempt=0,
-            owner=None,
-            resend=False,
-            policy=None,
-            smtp_code=None,
-            smtp_response=None,
-            created_at=at,
-            updated_at=at,
-            claimed_at=None,
-            finished_at=None,
+        # A new row as the ledger stores it, before any claim.
+        self.rows[mail.message_id] = dataclasses.replace(
+            sending_row(mail, 0, at), state="accepted", attempt=0, owner=None, claimed_at=None
         )
         return True
 
