@@ -337,6 +337,26 @@ BatchHandler = Callable[[Sequence[T]], Awaitable[Failures | None]]
 Batch = dict[TopicPartition, list["ConsumerRecord[bytes, bytes]"]]
 
 
+async def admit_fetched(
+    consumer: AIOKafkaConsumer, gaps: GapGuard[TopicPartition], batch: Batch
+) -> Batch:
+    """``batch`` without what follows a hole in a partition's offsets (see
+    ``offset_gaps``): such a partition is sought back to the hole, to be fetched again after
+    a moment."""
+    admitted: Batch = {}
+    held_back = False
+    for tp, records in batch.items():
+        kept, again = gaps.admit(tp, records)
+        if again is not None:
+            consumer.seek(tp, again)
+            held_back = True
+        if kept:
+            admitted[tp] = list(kept)
+    if held_back:
+        await asyncio.sleep(_GAP_RECHECK)
+    return admitted
+
+
 class _GroupConsumer:
     """The loop both consumers share: fetch, process, commit what is durable, dead-letter
     what cannot be processed (with the reason), report lag, stop cleanly."""
@@ -447,8 +467,10 @@ class _GroupConsumer:
 
     async def _fetch(self) -> Batch:
         await self._expect_new_partitions()
-        return await self._admit(
-            await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+        return await admit_fetched(
+            self._consumer,
+            self._gaps,
+            await self._consumer.getmany(timeout_ms=200, max_records=self._max_batch),
         )
 
     async def _expect_new_partitions(self) -> None:
@@ -460,22 +482,6 @@ class _GroupConsumer:
                     self._gaps.expect(tp, await self._consumer.position(tp))
                 except IllegalStateError:
                     continue  # taken away meanwhile
-
-    async def _admit(self, batch: Batch) -> Batch:
-        """``batch`` without what follows a hole in a partition's offsets; such a partition
-        is fetched again from the hole, after a moment (see ``offset_gaps``)."""
-        admitted: Batch = {}
-        held_back = False
-        for tp, records in batch.items():
-            kept, again = self._gaps.admit(tp, records)
-            if again is not None:
-                self._consumer.seek(tp, again)
-                held_back = True
-            if kept:
-                admitted[tp] = list(kept)
-        if held_back:
-            await asyncio.sleep(_GAP_RECHECK)
-        return admitted
 
     async def _process(self, batch: Batch) -> dict[TopicPartition, int]:
         """Handle ``batch``; the next offset to commit per partition whose work is done."""
@@ -630,8 +636,10 @@ class EventConsumer(_GroupConsumer):
         if batch:
             for tp in self._consumer.assignment():
                 if tp not in batch:
-                    batch |= await self._admit(
-                        await self._consumer.getmany(tp, max_records=self._max_batch)
+                    batch |= await admit_fetched(
+                        self._consumer,
+                        self._gaps,
+                        await self._consumer.getmany(tp, max_records=self._max_batch),
                     )
         return batch
 

@@ -28,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stepmail_common.kafka import DLQ_REASON, log_ends
+from stepmail_common.kafka import DLQ_REASON, admit_fetched, log_ends
 from stepmail_common.offset_gaps import GapGuard
 from stepmail_common.topics import DLQ_SUFFIX
 
@@ -156,12 +156,10 @@ async def _records(
         idle = 0.0
         gaps.expect(tp, start)
         while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            kept, again = gaps.admit(tp, batch.get(tp, []))
-            if again is not None:
-                consumer.seek(tp, again)
-            records = [r for r in kept if r.offset < end]
-            idle = 0.0 if records or again is not None else idle + 1.0
+            fetched = await consumer.getmany(tp, timeout_ms=1000)
+            admitted = await admit_fetched(consumer, gaps, fetched)
+            records = [r for r in admitted.get(tp, []) if r.offset < end]
+            idle = 0.0 if fetched.get(tp) else idle + 1.0
             if idle >= idle_seconds:
                 raise UsageError(f"{tp.topic} {tp.partition}: no record arrives before {end}")
             for record in records:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from stepmail_common.kafka import admit_fetched
 from stepmail_common.offset_gaps import GapGuard
 
 Records = list[ConsumerRecord[bytes, bytes]]
@@ -51,10 +52,8 @@ async def read_topic(
                 return records
             if time.monotonic() > deadline:
                 break
-            for tp, fetched in (await consumer.getmany(timeout_ms=200)).items():
-                kept, again = guard.admit(tp, fetched)
-                if again is not None:
-                    consumer.seek(tp, again)
+            fetched = await admit_fetched(consumer, guard, await consumer.getmany(timeout_ms=200))
+            for kept in fetched.values():
                 records.extend(kept)
         where = ", ".join(
             f"p{tp.partition}: read to {guard.expected(tp)}, end {consumer.highwater(tp)}"
