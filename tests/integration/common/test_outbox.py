@@ -34,7 +34,7 @@ def test_checked_when_stored_then_published_as_stored(database_url: str, kafka_b
                 await conn.execute(f'CREATE SCHEMA "{schema}"')
                 await conn.execute(
                     "CREATE TABLE outbox (id bigserial PRIMARY KEY, topic text NOT NULL,"
-                    " key text NOT NULL, event jsonb NOT NULL, trace jsonb,"
+                    " key text NOT NULL, event json NOT NULL, trace json,"
                     " created_at timestamptz NOT NULL DEFAULT now())"
                 )
                 with pytest.raises(InvalidEventError, match="schema"):

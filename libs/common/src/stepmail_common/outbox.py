@@ -5,7 +5,10 @@ Each service that uses it has this table in its own schema (in its migrations)::
 
     CREATE TABLE outbox (
         id bigserial PRIMARY KEY, topic text NOT NULL, key text NOT NULL,
-        event jsonb NOT NULL, trace jsonb, created_at timestamptz NOT NULL DEFAULT now());
+        event json NOT NULL, trace json, created_at timestamptz NOT NULL DEFAULT now());
+
+``json``, not ``jsonb``: the relay publishes the stored text as it is, so nothing is gained
+by Postgres building a binary document of each event and printing it again.
 
 Several relays (replicas) share the rows with ``FOR UPDATE SKIP LOCKED``; a crash between
 the broker's acknowledgement and the delete republishes the same event ids, which
@@ -72,7 +75,7 @@ async def add(conn: Connection, events: Sequence[OutboxEvent], *, checked: bool 
     await conn.execute(
         "INSERT INTO outbox (topic, key, event, trace)"
         " SELECT topic, key, event, trace"
-        " FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::jsonb[])"
+        " FROM unnest($1::text[], $2::text[], $3::json[], $4::json[])"
         " WITH ORDINALITY AS v(topic, key, event, trace, n) ORDER BY n",
         [e.topic for e in events],
         [e.key for e in events],

@@ -155,7 +155,7 @@ async def claim_sending(
     rows = await conn.fetch(
         "WITH m AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"  # noqa: S608 - constant
         " $5::int[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[], $11::text[],"
-        " $14::text[], $15::jsonb[], $16::jsonb[]) WITH ORDINALITY AS m(message_id,"
+        " $14::text[], $15::json[], $16::json[]) WITH ORDINALITY AS m(message_id,"
         " contact_id, enrollment_id, scenario_id, scenario_version, step_id, step_index,"
         " mail_kind, rcpt_hash, rcpt_domain, topic, key, event, trace, n)),"
         " d AS (INSERT INTO deliveries AS d (message_id, contact_id, enrollment_id,"
@@ -232,9 +232,9 @@ async def finish_many(
     if not done:
         return set()
     rows = await conn.fetch(
-        "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS v(n int, message_id text,"
+        "WITH v AS (SELECT * FROM json_to_recordset($1::json) AS v(n int, message_id text,"
         " attempt int, state text, code int, text text, bounce text, dsn text,"
-        " next_at timestamptz, mail jsonb, key text, event jsonb, trace jsonb)),"
+        " next_at timestamptz, mail jsonb, key text, event json, trace json)),"
         " f AS (UPDATE deliveries d SET state = v.state, smtp_code = v.code,"
         " smtp_response = v.text, bounce = v.bounce, dsn = v.dsn,"
         " next_attempt_at = v.next_at, updated_at = $3::timestamptz,"
