@@ -96,7 +96,7 @@ async def smtp_server() -> AsyncIterator[ScriptedSmtp]:
 
 @pytest.fixture
 async def sender_pool(database_url: str) -> AsyncIterator[Any]:
-    pool = await create_pool(database_url, SCHEMA, max_size=5)
+    pool = await create_pool(database_url, SCHEMA, max_size=5, generic_plans=True)
     try:
         await migrate(pool, SCHEMA, "stepmail_sender")
         yield pool

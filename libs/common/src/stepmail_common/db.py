@@ -40,16 +40,25 @@ def _quote_ident(name: str) -> str:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10
+    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, generic_plans: bool = False
 ) -> asyncpg.Pool[asyncpg.Record]:
-    """A pool whose connections see ``schema`` first and decode JSON with orjson."""
+    """A pool whose connections see ``schema`` first and decode JSON with orjson.
+
+    ``generic_plans`` makes Postgres plan each prepared statement once, for a service whose
+    statements are set-based over array parameters: their best plan does not depend on the
+    values, and left to choose, Postgres may plan a large statement again at every call
+    (it did so for the sender's claim of a few mails at a time, at about 0.3 ms a call).
+    """
+    settings = {"search_path": f"{_quote_ident(schema)},public", "timezone": "UTC"}
+    if generic_plans:
+        settings["plan_cache_mode"] = "force_generic_plan"
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
         reset=_keep_session,
-        server_settings={"search_path": f"{_quote_ident(schema)},public", "timezone": "UTC"},
+        server_settings=settings,
         command_timeout=30,
     )
     assert pool is not None

@@ -15,10 +15,20 @@ if TYPE_CHECKING:
 
 
 async def open_database(
-    stack: AsyncExitStack, settings: CommonSettings, schema: str, package: str
+    stack: AsyncExitStack,
+    settings: CommonSettings,
+    schema: str,
+    package: str,
+    *,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool[asyncpg.Record]:
     """The service's pool on its own schema, migrated to the package's latest version."""
-    pool = await create_pool(settings.database_url, schema, max_size=settings.database_pool_max)
+    pool = await create_pool(
+        settings.database_url,
+        schema,
+        max_size=settings.database_pool_max,
+        generic_plans=generic_plans,
+    )
     stack.push_async_callback(pool.close)
     await migrate(pool, schema, package)
     return pool

@@ -57,7 +57,10 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            pool = await open_database(stack, settings, settings.db_schema, "stepmail_sender")
+            # The ledger's statements are set-based: planned once, not at every window.
+            pool = await open_database(
+                stack, settings, settings.db_schema, "stepmail_sender", generic_plans=True
+            )
             producer = await open_producer(
                 stack,
                 settings,
