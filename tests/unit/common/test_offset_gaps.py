@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stepmail_common.kafka import _ForgetRevoked
 from stepmail_common.offset_gaps import GapGuard
 
 
@@ -86,7 +88,7 @@ def test_partitions_are_independent_and_forgotten_when_moved_away() -> None:
     g.admit("b", records(10))
     assert g.admit("a", records(3)) == ([], 1)
     assert g.admit("b", records(11)) == (records(11), None)
-    g.forget({"b"})
+    g.forget({"a"})
     assert g.expected("a") is None
     # Taken back later: whatever the group committed meanwhile is where it starts.
     assert g.admit("a", records(40)) == (records(40), None)
@@ -115,3 +117,22 @@ def test_a_reading_told_where_it_starts_waits_for_a_hole_at_the_start() -> None:
     g.expect("p", 0)
     assert g.admit("p", records(4, 5)) == ([], 0)
     assert g.admit("p", records(0, 1, 2, 3, 4, 5)) == (records(0, 1, 2, 3, 4, 5), None)
+
+
+def test_a_partition_given_back_in_a_rebalance_is_read_from_its_new_position() -> None:
+    """Revoked and assigned again between two fetches, while another consumer read on:
+    no hole is waited for at the old offset."""
+    outcomes: list[tuple[TopicPartition, int, bool]] = []
+    clock = Clock()
+    g: GapGuard[TopicPartition] = GapGuard(
+        patience=2.0, clock=clock, outcome=lambda *told: outcomes.append(told)
+    )
+    tp = TopicPartition("t", 0)
+    g.admit(tp, records(0, 1, 2))
+    listener = _ForgetRevoked(g)
+    listener.on_partitions_revoked([tp])
+    listener.on_partitions_assigned([tp])
+    assert g.expected(tp) is None
+    g.expect(tp, 9)  # the position the consumer finds: the group committed 9 meanwhile
+    assert g.admit(tp, records(9, 10)) == (records(9, 10), None)
+    assert outcomes == []

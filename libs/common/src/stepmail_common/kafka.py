@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -357,6 +363,24 @@ async def admit_fetched(
     return admitted
 
 
+class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped here
+    """Partitions a rebalance takes away are forgotten by the consumer's ``GapGuard``.
+
+    One given back, even in the same rebalance, is read again from its position (the
+    group's committed offset): another consumer may have read on meanwhile, and a guard
+    still expecting the old offset would wait at a hole that is none, then step over it.
+    """
+
+    def __init__(self, gaps: GapGuard[TopicPartition]) -> None:
+        self._gaps = gaps
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self._gaps.forget(revoked)
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Nothing to do: the next fetch expects each new partition at its position."""
+
+
 class _GroupConsumer:
     """The loop both consumers share: fetch, process, commit what is durable, dead-letter
     what cannot be processed (with the reason), report lag, stop cleanly."""
@@ -382,7 +406,6 @@ class _GroupConsumer:
         self._backoff = retry_backoff
         self._stopping = asyncio.Event()
         self._consumer = AIOKafkaConsumer(
-            *self._topics,
             bootstrap_servers=bootstrap,
             group_id=group_id,
             client_id=group_id,
@@ -397,6 +420,7 @@ class _GroupConsumer:
         self._started = False
         self._reported: set[TopicPartition] = set()
         self._gaps: GapGuard[TopicPartition] = GapGuard(outcome=_count_gap)
+        self._consumer.subscribe(self._topics, listener=_ForgetRevoked(self._gaps))
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -545,7 +569,6 @@ class _GroupConsumer:
         the sum over processes counts each partition once.
         """
         assigned = set(self._consumer.assignment())
-        self._gaps.forget(assigned)
         for tp in self._reported - assigned:
             telemetry.KAFKA_CONSUMER_LAG.remove(self._group_id, tp.topic, str(tp.partition))
         self._reported &= assigned

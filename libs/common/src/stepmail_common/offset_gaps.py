@@ -15,7 +15,7 @@ seconds is stepped over and counted, since a broker may also leave offsets unuse
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 
@@ -75,10 +75,12 @@ class GapGuard(Generic[K]):
         self._resolved(partition, stepped_over=False)
         return records, None
 
-    def forget(self, keep: set[K]) -> None:
-        """Drop the partitions not in ``keep`` (a rebalance moved them elsewhere)."""
-        for partition in set(self._next) - keep:
-            del self._next[partition]
+    def forget(self, partitions: Iterable[K]) -> None:
+        """Drop what is known of ``partitions`` (a rebalance took them away): if given back,
+        their reading starts again from where the caller says (``expect``), since another
+        consumer may have read on meanwhile."""
+        for partition in partitions:
+            self._next.pop(partition, None)
             self._waiting.pop(partition, None)
 
     def _waited_enough(self, partition: K, hole: int) -> bool:
