@@ -10,14 +10,19 @@ log = logging.getLogger(__name__)
 
 
 class PeriodicLoop:
-    """A pass repeated every ``interval`` seconds, or at once when ``wake`` is set.
+    """A pass repeated every ``interval`` seconds, or when ``wake`` is set: at once, or
+    ``settle`` seconds later, so that what several wakers leave in that moment is taken in
+    one pass.
 
     A retriable error (database or broker down) is logged and the pass retried later;
     any other error ends the loop, which ``supervise`` turns into a process restart.
     """
 
-    def __init__(self, interval: float, wake: asyncio.Event | None = None) -> None:
+    def __init__(
+        self, interval: float, wake: asyncio.Event | None = None, settle: float = 0.0
+    ) -> None:
         self._interval = interval
+        self._settle = settle
         self.wake = wake or asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -45,6 +50,8 @@ class PeriodicLoop:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=self._interval)
+                if self._settle:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=self._settle)
         await self.finish()
 
     async def run_once(self) -> bool:

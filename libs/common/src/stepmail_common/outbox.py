@@ -85,7 +85,12 @@ async def add(conn: Connection, events: Sequence[OutboxEvent], *, checked: bool 
 
 
 class OutboxRelay(PeriodicLoop):
-    """Publishes committed outbox rows in id order and deletes them."""
+    """Publishes committed outbox rows in id order and deletes them.
+
+    A pass costs a transaction and a publish however few rows it takes; ``settle`` lets
+    the rows of several transactions gather before a woken pass, where a little latency
+    of the events is worth less than the CPU of a pass per transaction.
+    """
 
     def __init__(
         self,
@@ -94,9 +99,10 @@ class OutboxRelay(PeriodicLoop):
         *,
         interval: float,
         wake: asyncio.Event | None = None,
+        settle: float = 0.0,
         batch: int = 500,
     ) -> None:
-        super().__init__(interval, wake)
+        super().__init__(interval, wake, settle)
         self._pool = pool
         self._producer = producer
         self._batch = batch

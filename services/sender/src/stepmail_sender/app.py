@@ -40,6 +40,11 @@ from stepmail_sender.throttle import Throttle, parse_domain_limits, parse_limit
 
 log = logging.getLogger(__name__)
 
+# The relay waits this long after a window's rows are committed before it takes them, so
+# that at load one pass carries the delivery events of several windows; the events are
+# later by that much, the mails not at all.
+RELAY_SETTLE_SECONDS = 0.02
+
 
 async def run_migrations(settings: SenderSettings) -> None:
     await migrate_only(settings, settings.db_schema, "stepmail_sender")
@@ -123,6 +128,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 producer,
                 interval=settings.sender_outbox_interval_seconds,
                 wake=ledger.outbox_ready,
+                settle=RELAY_SETTLE_SECONDS,
             )
             await start_background(stack, relay, "outbox-relay")
             # Mails orphaned by a killed predecessor are resolved before new ones are taken.
