@@ -21,7 +21,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from prometheus_client import Counter
 
@@ -48,6 +48,10 @@ OUTBOX_PUBLISHED = Counter(
 )
 
 
+# An event as stored: its Kafka key, its document and the carrier of its trace.
+StoredEvent: TypeAlias = tuple[str, dict[str, Any], dict[str, str] | None]
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEvent:
     """An event to publish; ``trace`` is the carrier of its trace (default: the current)."""
@@ -58,29 +62,53 @@ class OutboxEvent:
     trace: dict[str, str] | None = None
 
 
-async def add(conn: Connection, events: Sequence[OutboxEvent], *, checked: bool = False) -> None:
+async def add(conn: Connection, events: Sequence[OutboxEvent]) -> None:
     """Write ``events`` in the caller's transaction, each checked against its schema first
-    (``InvalidEventError``), so the relay publishes them as they are stored.
-
-    ``checked=True`` skips that check, for a caller whose events a property test holds to
-    their schemas (the sender's delivery events): it is a cost per event on a hot path."""
+    (``InvalidEventError``), so the relay publishes them as they are stored."""
     current = telemetry.trace_carrier() or None  # no trace: NULL, not an empty carrier
-    docs = []
-    for e in events:
-        doc = e.event.to_dict()
-        if not checked:
-            validate(doc)
-        docs.append(doc)
+    docs = [e.event.to_dict() for e in events]
+    for doc in docs:
+        validate(doc)
+    await _insert(
+        conn,
+        [e.topic for e in events],
+        [e.key for e in events],
+        docs,
+        [e.trace or current for e in events],
+    )
+
+
+async def add_documents(conn: Connection, topic: str, rows: Sequence[StoredEvent]) -> None:
+    """Write events of ``topic`` already made into documents, as they will be published,
+    in the caller's transaction: for a caller whose documents a property test holds to
+    their schemas (the sender's delivery events), as a check per event is a cost on a hot
+    path."""
+    await _insert(
+        conn,
+        [topic] * len(rows),
+        [key for key, _, _ in rows],
+        [doc for _, doc, _ in rows],
+        [trace for _, _, trace in rows],
+    )
+
+
+async def _insert(
+    conn: Connection,
+    topics: list[str],
+    keys: list[str],
+    docs: list[dict[str, Any]],
+    traces: list[dict[str, str] | None],
+) -> None:
     # One statement for all rows (not one execution per row); ids follow the given order.
     await conn.execute(
         "INSERT INTO outbox (topic, key, event, trace)"
         " SELECT topic, key, event, trace"
         " FROM unnest($1::text[], $2::text[], $3::json[], $4::json[])"
         " WITH ORDINALITY AS v(topic, key, event, trace, n) ORDER BY n",
-        [e.topic for e in events],
-        [e.key for e in events],
+        topics,
+        keys,
         docs,
-        [e.trace or current for e in events],
+        traces,
     )
 
 

@@ -18,8 +18,7 @@ import asyncpg
 
 from stepmail_common import event_types, telemetry
 from stepmail_common.events import CloudEvent, derived_id
-from stepmail_common.outbox import OutboxEvent
-from stepmail_common.outbox import add as add_to_outbox
+from stepmail_common.outbox import StoredEvent, add_documents
 from stepmail_sender import repository
 from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
@@ -144,27 +143,17 @@ class Ledger:
     ) -> None:
         """Outbox events of ``deliveries``, each in its mail's trace when ``traces`` has it."""
         if deliveries:
-            traces = traces or {}
-            await add_to_outbox(
-                conn,
-                [
-                    OutboxEvent(
-                        self._topic, d.contact_id, delivery_event(d, at), traces.get(d.message_id)
-                    )
-                    for d in deliveries
-                ],
-                checked=True,  # test_delivery_events_match_schema
-            )
+            await add_documents(conn, self._topic, self._outbox_rows(deliveries, at, traces))
 
     @staticmethod
     def _outbox_rows(
         deliveries: Sequence[Delivery],
         at: datetime,
         traces: Mapping[str, dict[str, str]] | None,
-    ) -> list[repository.OutboxRow]:
+    ) -> list[StoredEvent]:
         """Each row's delivery event, with the mail's trace or else the current one.
 
-        The events are not checked against their schemas here, as ``outbox.add`` would:
+        The events are not checked against their schemas, as ``outbox.add`` would:
         every field comes from a validated ``mail-rendered`` event or from the sender's
         own bounded values, and a property test holds ``delivery_event`` to the schemas
         for all of them (``test_delivery_events_match_schema``).

@@ -13,6 +13,7 @@ from typing import Any, Final, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from stepmail_common.outbox import StoredEvent
 from stepmail_sender.domain import Delivery, Outcome, Parcel, Policy, RenderedMail
 
 # A pool, a pooled connection or a plain one: all run queries the same way.
@@ -21,8 +22,6 @@ Conn: TypeAlias = (
     " | PoolConnectionProxy[asyncpg.Record]"
 )
 
-# An outbox row: the Kafka key, the event document and the trace carrier it goes out in.
-OutboxRow: TypeAlias = tuple[str, dict[str, Any], dict[str, str] | None]
 # A recorded answer: the claim, its outcome, the parcel to keep (deferred mails only),
 # and the outcome's outbox event and trace carrier.
 Finish: TypeAlias = tuple[Delivery, Outcome, Parcel | None, dict[str, Any], dict[str, str] | None]
@@ -144,7 +143,7 @@ async def claim_sending(
     owner: int,
     at: datetime,
     topic: str,
-    events: Sequence[OutboxRow],
+    events: Sequence[StoredEvent],
 ) -> set[str]:
     """Record the new mails that may go straight in ``sending``, claimed by ``owner``,
     with their ``events`` (one per mail, in order): one statement, no transaction around it.
