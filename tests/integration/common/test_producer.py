@@ -8,8 +8,12 @@ from collections import defaultdict
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.record.memory_records import MemoryRecords
 
-from stepmail_common.kafka import EventProducer, Serialised, ensure_topics, log_ends
+from stepmail_common.kafka import Compression, EventProducer, Serialised, ensure_topics, log_ends
 from tests.integration.kafka_reader import read_records
 
 pytestmark = pytest.mark.integration
@@ -82,3 +86,49 @@ def test_the_log_ends_count_every_record_of_a_last_batch(kafka_bootstrap: str):
 
     ends = asyncio.run(scenario())
     assert sorted(ends.values()) == [0, 23]
+
+
+async def _stored_codecs(bootstrap: str, topic: str) -> list[int]:
+    """The compression codec of each record batch the broker holds on partition 0, read
+    with a plain Fetch request (a consumer would decompress without telling)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        request = FetchRequest(100, 1, 1 << 20, 0, [(topic, [(0, 0, 1 << 20)])])
+        response = await client.send(client.get_random_node(), request)
+    finally:
+        await client.close()
+    [(_, [partition])] = response.topics
+    assert partition[1] == 0, "fetch error"
+    records = MemoryRecords(bytes(partition[-1]))
+    codecs = []
+    while (batch := records.next_batch()) is not None:
+        codecs.append(batch.compression_type)
+    return codecs
+
+
+@pytest.mark.parametrize(
+    ("compression", "codec"),
+    [("zstd", DefaultRecordBatch.CODEC_ZSTD), ("none", DefaultRecordBatch.CODEC_NONE)],
+)
+def test_batches_are_stored_compressed_as_configured_and_read_back_whole(
+    kafka_bootstrap: str, compression: Compression, codec: int
+):
+    topic = f"producer{uuid.uuid4().hex[:8]}"
+    single = _item(topic, "contact-1", -1, size=2048)
+    many = [_item(topic, "contact-1", seq, size=2048) for seq in range(40)]
+
+    async def scenario() -> tuple[list, list[int]]:
+        await ensure_topics(kafka_bootstrap, [topic], 1)
+        async with EventProducer(
+            kafka_bootstrap, "test-producer", enable_idempotence=False, compression=compression
+        ) as p:
+            await p.publish_many([single])  # through the accumulator
+            await p.publish_many(many)  # as a record batch of its own
+        records = await read_records(kafka_bootstrap, topic, 1 + len(many))
+        return records, await _stored_codecs(kafka_bootstrap, topic)
+
+    records, codecs = asyncio.run(scenario())
+    assert [record.value for record in records] == [item.value for item in [single, *many]]
+    assert len(codecs) >= 2
+    assert set(codecs) == {codec}

@@ -21,3 +21,15 @@ def test_a_fetch_wait_out_of_range_is_refused_by_name(
     monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", value)
     with pytest.raises(ValidationError, match="KAFKA_FETCH_MAX_WAIT_MS"):
         CommonSettings()
+
+
+def test_batches_are_compressed_with_zstd_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CommonSettings().kafka_compression == "zstd"
+    monkeypatch.setenv("KAFKA_COMPRESSION", "none")
+    assert CommonSettings().kafka_compression == "none"
+
+
+def test_an_unknown_compression_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_COMPRESSION", "brotli")
+    with pytest.raises(ValidationError, match="kafka_compression"):
+        CommonSettings()

@@ -48,6 +48,7 @@ async def open_producer(
         settings.kafka_bootstrap_servers,
         f"stepmail-{service}",
         enable_idempotence=settings.kafka_enable_idempotence,
+        compression=settings.kafka_compression,
     )
     await producer.start()
     stack.push_async_callback(producer.stop)

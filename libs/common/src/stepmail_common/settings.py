@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stepmail_common.kafka import FETCH_MAX_WAIT_MS
+from stepmail_common.kafka import COMPRESSION, FETCH_MAX_WAIT_MS, Compression
 
 Environment = Literal["development", "test", "production"]
 
@@ -36,6 +36,8 @@ class CommonSettings(BaseSettings):
     # waiting fetch as soon as data arrives, so 500 costs no latency there and spares
     # idle polling; the embedded broker does not, so it keeps 50 for quick hops.
     kafka_fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    # How producers compress record batches; every Kafka client since 2.1 reads zstd.
+    kafka_compression: Compression = COMPRESSION
 
     otel_exporter_otlp_endpoint: str | None = None
 
