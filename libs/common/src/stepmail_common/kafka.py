@@ -148,7 +148,7 @@ class _Record(NamedTuple):
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 # How record batches are compressed, unless told (``KAFKA_COMPRESSION``). A rendered mail
 # is 10-25 KB of JSON and MIME; zstd shrinks it several times over at a few microseconds,
-# and a broker's work per record follows its size (the embedded one's halved end to end).
+# and a broker's work per record follows its size.
 COMPRESSION: Compression = "zstd"
 
 
