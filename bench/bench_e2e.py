@@ -69,7 +69,7 @@ RATES = [
 DRAIN_SECONDS = float(os.environ.get("BENCH_E2E_DRAIN_SECONDS", "90"))
 BACKLOG = int(os.environ.get("BENCH_E2E_BACKLOG", "2000"))
 MAX_MAILS = int(os.environ.get("BENCH_E2E_MAILS", "150000"))
-SENDER_WINDOW = os.environ.get("BENCH_E2E_SENDER_WINDOW", "32")
+SENDER_WINDOW = os.environ.get("BENCH_E2E_SENDER_WINDOW", "64")
 SMTP_POOL = os.environ.get("BENCH_E2E_SMTP_POOL", "16")
 PROFILE = os.environ.get("BENCH_E2E_PROFILE") == "1"
 LABELS = {
