@@ -6,10 +6,10 @@ from pydantic import ValidationError
 from stepmail_common.settings import CommonSettings
 
 
-def test_the_fetch_wait_defaults_to_quick_hops_and_takes_kafkas_longer_one(
+def test_the_fetch_wait_defaults_to_the_embedded_brokers_and_takes_kafkas_longer_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert CommonSettings().kafka_fetch_max_wait_ms == 50
+    assert CommonSettings().kafka_fetch_max_wait_ms == 150
     monkeypatch.setenv("KAFKA_FETCH_MAX_WAIT_MS", "500")
     assert CommonSettings().kafka_fetch_max_wait_ms == 500
 

@@ -34,7 +34,7 @@ class CommonSettings(BaseSettings):
     kafka_enable_idempotence: bool = False
     # How long a consumer's fetch waits at the broker for data. Apache Kafka answers a
     # waiting fetch as soon as data arrives, so 500 costs no latency there and spares
-    # idle polling; the embedded broker does not, so it keeps 50 for quick hops.
+    # idle polling; the embedded broker answers at its next look, so it keeps 150.
     kafka_fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
     # How producers compress record batches; every Kafka client since 2.1 reads zstd.
     kafka_compression: Compression = COMPRESSION
