@@ -4,7 +4,11 @@
   and into the end-to-end benchmark's own timestamping sink (:mod:`bench.sink`); without
   Postfix (``make debian-tools`` installs it) an aiosmtplib client takes its place.
 - Broker: aiokafka producing 4 KB records (all in flight, then every acknowledgement;
-  and one at a time, waiting for each), and a consumer group reading them all back.
+  and one at a time, waiting for each), and a consumer group reading them all back. Then,
+  for fetch waits of 50, 150 and 500 ms (``KAFKA_FETCH_MAX_WAIT_MS``), what the wait
+  costs: the embedded broker's CPU while seven idle consumers of 12 partitions long-poll
+  (as a stack's consumers do between bursts), and how long one record takes from its
+  produce to a consumer waiting for it.
 - Postgres: single-row INSERTs and primary-key SELECTs, one connection one statement at a
   time, and 8 connections at once.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench import backends
 from bench.sink import accepted_count
+from bench.stack import tree_cpu_seconds
 from stepmail_common.kafka import ensure_topics
 from stepmail_devstack.processes import ManagedProcess, free_port, port_is_open
 
@@ -41,6 +47,10 @@ SMTP_MAILS = int(os.environ.get("BENCH_MACHINE_SMTP_MAILS", "40000"))
 RECORDS = int(os.environ.get("BENCH_MACHINE_RECORDS", "50000"))
 SECONDS = float(os.environ.get("BENCH_MACHINE_SECONDS", "5"))
 MAIL_BYTES = 10240
+FETCH_WAITS_MS = (50, 150, 500)
+IDLE_CONSUMERS = 7
+PARTITIONS = 12
+HOPS = 20
 
 
 def _postfix_tool(name: str) -> str | None:
@@ -154,6 +164,90 @@ async def _broker(bootstrap: str) -> dict[str, Any]:
     }
 
 
+async def _fetch_waits(bootstrap: str, broker_pid: int | None) -> list[dict[str, Any]]:
+    """For each fetch wait: the broker's CPU (cores, ``None`` for an external broker) under
+    idle long-polling consumers, and the produce-to-consume time of single records."""
+    idle_topic = f"machine-idle-{uuid.uuid4().hex[:6]}"
+    hop_topic = f"machine-hop-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, [idle_topic, hop_topic], PARTITIONS)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
+    await producer.start()
+    figures = []
+    try:
+        for wait in FETCH_WAITS_MS:
+            idle = await _idle_cores(bootstrap, idle_topic, wait, broker_pid)
+            hops = await _hop_ms(bootstrap, hop_topic, wait, producer)
+            figures.append(
+                {
+                    "fetch_max_wait_ms": wait,
+                    "broker_cores_with_idle_consumers": idle,
+                    "hop_ms_median": round(statistics.median(hops), 1),
+                    "hop_ms_max": round(max(hops), 1),
+                }
+            )
+    finally:
+        await producer.stop()
+    return figures
+
+
+async def _idle_cores(
+    bootstrap: str, topic: str, wait: int, broker_pid: int | None
+) -> float | None:
+    consumers = [
+        AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"machine-idle-{wait}-{i}-{uuid.uuid4().hex[:6]}",
+            fetch_max_wait_ms=wait,
+            auto_offset_reset="latest",
+        )
+        for i in range(IDLE_CONSUMERS)
+    ]
+    for consumer in consumers:
+        await consumer.start()
+    polls = [asyncio.create_task(consumer.getone()) for consumer in consumers]
+    try:
+        await asyncio.sleep(3)  # the groups join and settle into polling
+        if broker_pid is None:
+            return None
+        before, started = tree_cpu_seconds(broker_pid), time.perf_counter()
+        await asyncio.sleep(SECONDS)
+        return round((tree_cpu_seconds(broker_pid) - before) / (time.perf_counter() - started), 3)
+    finally:
+        for poll in polls:
+            poll.cancel()
+        for consumer in consumers:
+            await consumer.stop()
+
+
+async def _hop_ms(bootstrap: str, topic: str, wait: int, producer: AIOKafkaProducer) -> list[float]:
+    """Records produced one at a time, at spread moments of the broker's polling, each
+    timed until the waiting consumer has it."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"machine-hop-{wait}-{uuid.uuid4().hex[:6]}",
+        fetch_max_wait_ms=wait,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    hops = []
+    try:
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=wait + 100)
+        await consumer.getmany(timeout_ms=wait + 100)  # positions known, nothing pending
+        for i in range(HOPS):
+            await asyncio.sleep(0.05 + (i * 0.037) % 0.25)
+            started = time.perf_counter()
+            await producer.send_and_wait(topic, b"x" * 100, partition=i % PARTITIONS)
+            while not await consumer.getmany(timeout_ms=5000):
+                pass
+            hops.append(1000 * (time.perf_counter() - started))
+    finally:
+        await consumer.stop()
+    return hops
+
+
 async def _postgres(dsn: str) -> dict[str, Any]:
     table = f"machine_{uuid.uuid4().hex[:6]}"
     admin = await asyncpg.connect(dsn)
@@ -209,9 +303,13 @@ def main() -> dict[str, Any]:
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-machine-") as tmp:
         workdir = Path(tmp)
         figures["smtp_mails_per_second"] = _smtp(stack, workdir)
-        bootstrap, _ = backends.kafka(stack)
+        bootstrap, broker = backends.kafka(stack)
         print("broker: produce and consume ...", flush=True)
         figures["broker"] = asyncio.run(_broker(bootstrap))
+        print("broker: what a fetch's wait costs ...", flush=True)
+        figures["broker_fetch_waits"] = asyncio.run(
+            _fetch_waits(bootstrap, broker.pid if broker else None)
+        )
         dsn, _ = backends.postgres(stack, workdir)
         print("postgres: inserts and selects ...", flush=True)
         figures["postgres_statements"] = asyncio.run(_postgres(dsn))
@@ -235,3 +333,14 @@ def _table(figures: dict[str, Any]) -> None:
     print(f"{'broker consume (group)':58} {broker['consume_per_second_including_group_join']:>12,}")
     for name, value in figures["postgres_statements"].items():
         print(f"{'postgres ' + name.removesuffix('_per_second').replace('_', ' '):58} {value:>12,}")
+    print()
+    for row in figures["broker_fetch_waits"]:
+        cores = row["broker_cores_with_idle_consumers"]
+        cost = (
+            "an unmeasured share (external broker)" if cores is None else f"{cores:.1%} of a core"
+        )
+        print(
+            f"broker, fetch wait {row['fetch_max_wait_ms']} ms: {IDLE_CONSUMERS} idle consumers"
+            f" cost it {cost}; a record's hop {row['hop_ms_median']} ms (at most"
+            f" {row['hop_ms_max']})"
+        )
