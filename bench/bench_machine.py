@@ -233,15 +233,17 @@ async def _hop_ms(bootstrap: str, topic: str, wait: int, producer: AIOKafkaProdu
     await consumer.start()
     hops = []
     try:
-        while not consumer.assignment():
-            await consumer.getmany(timeout_ms=wait + 100)
+        async with asyncio.timeout(30):
+            while not consumer.assignment():
+                await consumer.getmany(timeout_ms=wait + 100)
         await consumer.getmany(timeout_ms=wait + 100)  # positions known, nothing pending
         for i in range(HOPS):
             await asyncio.sleep(0.05 + (i * 0.037) % 0.25)
             started = time.perf_counter()
             await producer.send_and_wait(topic, b"x" * 100, partition=i % PARTITIONS)
-            while not await consumer.getmany(timeout_ms=5000):
-                pass
+            async with asyncio.timeout(30):
+                while not await consumer.getmany(timeout_ms=wait + 100):
+                    pass
             hops.append(1000 * (time.perf_counter() - started))
     finally:
         await consumer.stop()
