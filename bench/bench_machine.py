@@ -190,19 +190,21 @@ async def _fetch_waits(bootstrap: str, broker_pid: int | None) -> list[dict[str,
     return figures
 
 
+def _waiting_consumer(bootstrap: str, topic: str, role: str, wait: int) -> AIOKafkaConsumer:
+    """A consumer of a group of its own, from the log's end, long-polling up to ``wait``."""
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"machine-{role}-{wait}-{uuid.uuid4().hex[:6]}",
+        fetch_max_wait_ms=wait,
+        auto_offset_reset="latest",
+    )
+
+
 async def _idle_cores(
     bootstrap: str, topic: str, wait: int, broker_pid: int | None
 ) -> float | None:
-    consumers = [
-        AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=f"machine-idle-{wait}-{i}-{uuid.uuid4().hex[:6]}",
-            fetch_max_wait_ms=wait,
-            auto_offset_reset="latest",
-        )
-        for i in range(IDLE_CONSUMERS)
-    ]
+    consumers = [_waiting_consumer(bootstrap, topic, "idle", wait) for _ in range(IDLE_CONSUMERS)]
     for consumer in consumers:
         await consumer.start()
     polls = [asyncio.create_task(consumer.getone()) for consumer in consumers]
@@ -223,13 +225,7 @@ async def _idle_cores(
 async def _hop_ms(bootstrap: str, topic: str, wait: int, producer: AIOKafkaProducer) -> list[float]:
     """Records produced one at a time, at spread moments of the broker's polling, each
     timed until the waiting consumer has it."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"machine-hop-{wait}-{uuid.uuid4().hex[:6]}",
-        fetch_max_wait_ms=wait,
-        auto_offset_reset="latest",
-    )
+    consumer = _waiting_consumer(bootstrap, topic, "hop", wait)
     await consumer.start()
     hops = []
     try:
