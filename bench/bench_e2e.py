@@ -72,6 +72,7 @@ MAX_MAILS = int(os.environ.get("BENCH_E2E_MAILS", "150000"))
 SENDER_WINDOW = os.environ.get("BENCH_E2E_SENDER_WINDOW", "64")
 SMTP_POOL = os.environ.get("BENCH_E2E_SMTP_POOL", "16")
 PROFILE = os.environ.get("BENCH_E2E_PROFILE") == "1"
+SLICE_SECONDS = 10
 LABELS = {
     "max": "as fast as possible",
     "paced": "paced",
@@ -267,11 +268,15 @@ def _figures(
     records = [r for r in read_records(stack.records) if r.rcpt.startswith(run.contact_prefix)]
     in_window = sum(1 for r in records if window[0] <= r.at < window[1])
     latencies = []
+    by_slice: dict[int, list[float]] = {}
     for record in records:
         n = contact_number(run.contact_prefix, record.rcpt)
         sent = trigger_at.get(n) if n is not None else None
         if sent is not None and window[0] <= sent < window[1]:
             latencies.append(record.at - sent)
+            by_slice.setdefault(int((sent - window[0]) // SLICE_SECONDS), []).append(
+                record.at - sent
+            )
     latencies.sort()
     triggered_in_window = sum(1 for t in trigger_at.values() if window[0] <= t < window[1])
     # Not accepted by the end of the drain: slower than any accepted mail.
@@ -299,6 +304,11 @@ def _figures(
             "p95": _round(_percentile(ranked, 0.95)),
             "p99": _round(_percentile(ranked, 0.99)),
             "max": _round(latencies[-1] if latencies else None),
+            # Of the accepted mails, by when they were triggered: a stall or a slow drift.
+            f"p99_by_{SLICE_SECONDS}_seconds_triggered": [
+                _round(_percentile(sorted(by_slice.get(i, [])), 0.99))
+                for i in range(math.ceil(seconds / SLICE_SECONDS))
+            ],
         },
         "cpu_seconds_per_1000_mails": per_thousand,
         "cpu_seconds_in_window": {name: round(v, 1) for name, v in sorted(cpu.items())},
