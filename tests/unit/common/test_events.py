@@ -6,7 +6,7 @@ import pytest
 
 from stepmail_common import event_types
 from stepmail_common.errors import InvalidEventError
-from stepmail_common.events import CloudEvent, data_validator, derived_id
+from stepmail_common.events import CloudEvent, data_validator, derived_id, read_event
 
 
 def _received(**data_changes):
@@ -64,6 +64,25 @@ def test_unknown_type_is_invalid():
     doc["type"] = "stepmail.nothing.v1"
     with pytest.raises(InvalidEventError, match="unknown event type"):
         CloudEvent.from_dict(doc)
+
+
+def test_a_consumer_reads_the_types_it_acts_on_and_passes_over_the_others():
+    event = _received()
+    assert read_event(event.to_json(), frozenset({event_types.EVENT_RECEIVED})) == event
+    assert read_event(event.to_json(), None) == event
+    # Passed over before its schema is checked: it is another consumer's to check.
+    invalid = _received(name="").to_json()
+    assert read_event(invalid, frozenset({event_types.DELIVERY_SENT})) is None
+    with pytest.raises(InvalidEventError, match=r"data\.name"):
+        read_event(invalid, frozenset({event_types.EVENT_RECEIVED}))
+
+
+@pytest.mark.parametrize("type_", ["stepmail.nothing.v1", ["stepmail.event.received.v1"], None])
+def test_an_event_of_no_type_stepmail_knows_is_refused_by_every_consumer(type_):
+    doc = orjson.loads(_received().to_json())
+    doc["type"] = type_
+    with pytest.raises(InvalidEventError):
+        read_event(orjson.dumps(doc), frozenset({event_types.DELIVERY_SENT}))
 
 
 def test_derived_ids_are_stable_and_distinct():

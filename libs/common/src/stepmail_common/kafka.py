@@ -10,7 +10,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Generic, Literal, NamedTuple, TypeVar
@@ -36,7 +44,7 @@ from opentelemetry import trace
 
 from stepmail_common import telemetry
 from stepmail_common.errors import RetriableError, is_retriable
-from stepmail_common.events import CONTENT_TYPE, CloudEvent, validate
+from stepmail_common.events import CONTENT_TYPE, CloudEvent, read_event, validate
 from stepmail_common.offset_gaps import GapGuard
 from stepmail_common.partitioning import KeyPartitioner
 from stepmail_common.topics import Topics
@@ -400,7 +408,12 @@ class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
 
 class _GroupConsumer:
     """The loop both consumers share: fetch, process, commit what is durable, dead-letter
-    what cannot be processed (with the reason), report lag, stop cleanly."""
+    what cannot be processed (with the reason), report lag, stop cleanly.
+
+    With ``acts_on`` (event types), an event of another of stepmail's types is passed over
+    unchecked and never reaches the handler; it is committed with the rest and counted
+    with the outcome ``passed_over`` (see ``events.read_event``).
+    """
 
     def __init__(
         self,
@@ -413,8 +426,10 @@ class _GroupConsumer:
         retry_backoff: tuple[float, float],
         after: "_GroupConsumer | None" = None,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        acts_on: Collection[str] | None = None,
     ) -> None:
         self._topics = list(topics)
+        self._acts_on = None if acts_on is None else frozenset(acts_on)
         self._bootstrap = bootstrap
         self._group_id = group_id
         self._after = after
@@ -657,6 +672,7 @@ class EventConsumer(_GroupConsumer):
         max_batch: int = 200,
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        acts_on: Collection[str] | None = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -666,6 +682,7 @@ class EventConsumer(_GroupConsumer):
             max_batch=max_batch,
             retry_backoff=retry_backoff,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            acts_on=acts_on,
         )
         self._handler = handler
 
@@ -713,7 +730,10 @@ class EventConsumer(_GroupConsumer):
             span = self._start_process_span(record, parent)
             with _within(span, parent), _ended(span):
                 try:
-                    event = CloudEvent.from_json(record.value or b"")
+                    event = read_event(record.value or b"", self._acts_on)
+                    if event is None:
+                        telemetry.KAFKA_CONSUMED.labels(topic, "passed_over").inc()
+                        return True
                     await self._handler(event)
                 except Exception as exc:  # noqa: BLE001 - classified below, never swallowed
                     if is_retriable(exc):
@@ -761,6 +781,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         retry_backoff: tuple[float, float] = (0.2, 5.0),
         after: "_GroupConsumer | None" = None,
         fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
+        acts_on: Collection[str] | None = None,
     ) -> None:
         super().__init__(
             bootstrap=bootstrap,
@@ -771,6 +792,7 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
             retry_backoff=retry_backoff,
             after=after,
             fetch_max_wait_ms=fetch_max_wait_ms,
+            acts_on=acts_on,
         )
         self._prepare = prepare
         self._handler = handler
@@ -792,14 +814,19 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         (``telemetry.trace_carrier()``)."""
         items: list[T] = []
         prepared: list[tuple[ConsumerRecord[bytes, bytes], trace.Span]] = []
+        passed_over: Counter[str] = Counter()
         for records in batch.values():
             for record in records:
                 parent = telemetry.extract_context(record.headers)
                 span = self._start_process_span(record, parent)
                 spans.append(span)
                 try:
+                    event = read_event(record.value or b"", self._acts_on)
+                    if event is None:
+                        passed_over[record.topic] += 1
+                        continue
                     with _within(span, parent):
-                        items.append(self._prepare(CloudEvent.from_json(record.value or b"")))
+                        items.append(self._prepare(event))
                     prepared.append((record, span))
                 except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
                     span.record_exception(exc)
@@ -829,4 +856,6 @@ class BatchConsumer(_GroupConsumer, Generic[T]):
         for topic, count in done.items():
             telemetry.KAFKA_CONSUMED.labels(topic, "ok").inc(count)
             telemetry.KAFKA_HANDLE_SECONDS.labels(topic).observe(took)
+        for topic, count in passed_over.items():
+            telemetry.KAFKA_CONSUMED.labels(topic, "passed_over").inc(count)
         return {tp: records[-1].offset + 1 for tp, records in batch.items() if records}

@@ -155,6 +155,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 handler=ContactEventHandler(pool, settings, clock, progress, outbox_ready),
                 producer=producer,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                acts_on=ContactEventHandler.acts_on,
             )
             feedback: BatchConsumer[Consumed] = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,
@@ -164,6 +165,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 handler=FeedbackHandler(pool, clock, progress),
                 producer=producer,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                acts_on=FeedbackHandler.acts_on,
             )
             await start_together(
                 stack,

@@ -67,13 +67,13 @@ class _BatchHandler:
     is redone event by event to find it."""
 
     consumer: str
+    acts_on: frozenset[str]
+    """The event types it acts on; its consumer passes over the others unchecked, and it
+    skips any that still reach it."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock) -> None:
         self._pool = pool
         self._clock = clock
-
-    def _acts_on(self, event: CloudEvent) -> bool:
-        raise NotImplementedError
 
     async def _apply(self, conn: Connection, items: Sequence[Consumed], now: datetime) -> None:
         """Act on ``items`` (new to this consumer, in partition order) in ``conn``'s
@@ -84,7 +84,7 @@ class _BatchHandler:
         """Called after a transaction that acted on events committed."""
 
     async def __call__(self, items: Sequence[Consumed]) -> Failures:
-        wanted = [i for i, item in enumerate(items) if self._acts_on(item.event)]
+        wanted = [i for i, item in enumerate(items) if item.event.type in self.acts_on]
         if not wanted:
             return {}
         try:
@@ -130,6 +130,9 @@ class ContactEventHandler(_BatchHandler):
     """contact-events: profiles and consent, triggers, exits, erasure."""
 
     consumer = "contact-events"
+    acts_on = frozenset(
+        {event_types.EVENT_RECEIVED, event_types.CONTACT_UPDATED, event_types.CONTACT_ERASED}
+    )
 
     def __init__(
         self,
@@ -143,9 +146,6 @@ class ContactEventHandler(_BatchHandler):
         self._settings = settings
         self._progress = progress
         self._outbox_ready = outbox_ready
-
-    def _acts_on(self, event: CloudEvent) -> bool:
-        return event.type in _CONTACT_TYPES
 
     async def _apply(self, conn: Connection, items: Sequence[Consumed], now: datetime) -> None:
         """In waves: the first event of each contact in the batch, then the second, and so
@@ -318,9 +318,6 @@ def _contact_of(item: Consumed) -> str:
     return contact_id
 
 
-_CONTACT_TYPES = frozenset(
-    {event_types.EVENT_RECEIVED, event_types.CONTACT_UPDATED, event_types.CONTACT_ERASED}
-)
 _DELIVERY_FACTS = {
     event_types.DELIVERY_SENT: "sent",
     event_types.DELIVERY_FAILED: "failed",
@@ -330,7 +327,7 @@ _HUMAN_FACTS = {
     event_types.ENGAGEMENT_CLICKED: "clicked",
 }
 # What ``FeedbackHandler._apply`` acts on; anything else (``delivery.sending``, one per mail)
-# is skipped before a transaction is opened.
+# is passed over.
 _FEEDBACK_TYPES = frozenset(
     {
         *_DELIVERY_FACTS,
@@ -347,15 +344,13 @@ class FeedbackHandler(_BatchHandler):
     and opt-outs that end enrollments."""
 
     consumer = "feedback"
+    acts_on = _FEEDBACK_TYPES
 
     def __init__(
         self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock, progress: Progress
     ) -> None:
         super().__init__(pool, clock)
         self._progress = progress
-
-    def _acts_on(self, event: CloudEvent) -> bool:
-        return event.type in _FEEDBACK_TYPES
 
     async def _apply(self, conn: Connection, items: Sequence[Consumed], now: datetime) -> None:
         """The batch's ``sent`` events (one per mail) in one statement: a sent time is set

@@ -28,7 +28,7 @@ from stepmail_sender.delivery import (
     sendgrid_unique_args,
 )
 from stepmail_sender.dkimsign import DkimSigner, load_keys
-from stepmail_sender.handlers import feedback_dispatcher, rendered_mail
+from stepmail_sender.handlers import FEEDBACK_TYPES, feedback_dispatcher, rendered_mail
 from stepmail_sender.ledger import Ledger
 from stepmail_sender.loops import Recovery, Retrier
 from stepmail_sender.owners import OwnerLease
@@ -144,6 +144,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 handler=feedback_dispatcher(ledger),
                 producer=producer,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                acts_on=FEEDBACK_TYPES,
             )
             consumer = BatchConsumer(
                 bootstrap=settings.kafka_bootstrap_servers,

@@ -80,6 +80,8 @@ _HANDLERS = {
     event_types.ENGAGEMENT_BOUNCED: bounced,
     event_types.CONTACT_ERASED: contact_erased,
 }
+FEEDBACK_TYPES = frozenset(_HANDLERS)
+"""The feedback the sender acts on; its consumer passes over the other types."""
 
 
 def feedback_dispatcher(ledger: Ledger) -> Handler:

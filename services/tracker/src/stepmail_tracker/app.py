@@ -26,7 +26,7 @@ from stepmail_common.webapp import (
 )
 from stepmail_tracker import feedback, metrics, pages
 from stepmail_tracker.bots import machine_reason
-from stepmail_tracker.handlers import consumed, handler
+from stepmail_tracker.handlers import ACTS_ON, consumed, handler
 from stepmail_tracker.loops import RatesLoop
 from stepmail_tracker.repository import Preference, Repository
 from stepmail_tracker.service import Engagement, Feedback
@@ -116,6 +116,7 @@ def create_app(
                 handler=handler(repo),
                 producer=producer,
                 fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                acts_on=ACTS_ON,
             )
             await start_background(stack, consumer, "consumer")
             rates = RatesLoop(

@@ -22,6 +22,8 @@ class Erased:
 
 
 Consumed = Sent | Erased | None
+ACTS_ON = frozenset({event_types.DELIVERY_SENT, event_types.CONTACT_ERASED})
+"""The event types the tracker keeps something of; its consumer passes over the others."""
 
 
 def consumed(event: CloudEvent) -> Consumed:
