@@ -665,6 +665,42 @@ async def test_a_batch_redelivered_with_an_event_twice_acts_once(env):
     assert await env.pool.fetchval("SELECT count(*) FROM activity") == 2
 
 
+async def test_a_sent_fact_redelivered_keeps_its_first_time_and_costs_no_mark(env):
+    await env.scenario(
+        {
+            "id": "w",
+            "mail_kind": "transactional",
+            "trigger": {"event": "signup"},
+            "steps": [{"id": "one", "send": {"template": "w"}}],
+        }
+    )
+    await env.event("c-1", "signup")
+    message_id = await env.pool.fetchval("SELECT message_id FROM messages")
+    marked = await env.pool.fetchval("SELECT count(*) FROM processed_events")
+
+    def sent(at: datetime) -> CloudEvent:
+        data = {
+            "message_id": message_id,
+            "contact_id": "c-1",
+            "scenario": {"id": "w", "version": 1},
+            "step": {"id": "one", "index": 0},
+            "state": "sent",
+            "attempt": 1,
+            "at": at.isoformat(),
+        }
+        return CloudEvent(
+            type=event_types.DELIVERY_SENT, source="urn:test", subject="c-1", data=data
+        )
+
+    first = sent(START - timedelta(seconds=9))
+    await env.feedback(first, first)
+    await env.feedback(first, sent(START - timedelta(seconds=1)))  # redelivered, then resent
+    assert await env.pool.fetchval(
+        "SELECT sent_at FROM messages WHERE message_id = $1", message_id
+    ) == START - timedelta(seconds=9)
+    assert await env.pool.fetchval("SELECT count(*) FROM processed_events") == marked
+
+
 async def test_one_contacts_events_in_one_batch_take_effect_in_their_order(env):
     await env.scenario(
         {

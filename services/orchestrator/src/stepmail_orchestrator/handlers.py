@@ -2,7 +2,8 @@
 fetched batch (``stepmail_common.kafka.BatchConsumer``) in one transaction.
 
 A batch costs one transaction and one ``processed_events`` statement however many events
-it holds; events a handler does not act on cost none. When one event of the batch fails
+it holds; events a handler does not act on cost none, and facts that keep their first time
+(a mail's sent time) are not recorded there. When one event of the batch fails
 for good, the transaction is rolled back and the batch is handled again one event per
 transaction, so that only the failing events are dead-lettered and the others take effect
 once (a savepoint per event would cost two round trips per event on the good path).
@@ -70,6 +71,9 @@ class _BatchHandler:
     acts_on: frozenset[str]
     """The event types it acts on; its consumer passes over the others unchecked, and it
     skips any that still reach it."""
+    idempotent: frozenset[str] = frozenset()
+    """Types whose effect is the same however often they are applied (a first time is
+    kept): not recorded in ``processed_events``, which would cost a row per mail."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock) -> None:
         self._pool = pool
@@ -111,13 +115,16 @@ class _BatchHandler:
 
     async def _transaction(self, items: Sequence[Consumed]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            fresh = await repository.mark_processed(
-                conn, self.consumer, [item.event.id for item in items]
+            marked = [item.event.id for item in items if item.event.type not in self.idempotent]
+            fresh = (
+                await repository.mark_processed(conn, self.consumer, marked) if marked else set()
             )
             todo = []
             for item in items:
-                # An id seen twice in one batch (a producer's retry) acts once.
-                if item.event.id in fresh:
+                if item.event.type in self.idempotent:
+                    todo.append(item)
+                elif item.event.id in fresh:
+                    # An id seen twice in one batch (a producer's retry) acts once.
                     fresh.discard(item.event.id)
                     todo.append(item)
             if not todo:
@@ -345,6 +352,8 @@ class FeedbackHandler(_BatchHandler):
 
     consumer = "feedback"
     acts_on = _FEEDBACK_TYPES
+    # Facts keep their first time (a mail's sent time is set once, a click's row once).
+    idempotent = frozenset({*_DELIVERY_FACTS, *_HUMAN_FACTS})
 
     def __init__(
         self, pool: asyncpg.Pool[asyncpg.Record], clock: Clock, progress: Progress
