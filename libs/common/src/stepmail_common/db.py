@@ -33,6 +33,15 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
+# How long a connection keeps a prepared statement, and so its plan. Postgres plans a
+# statement for its tables as they are then, and keeps a generic plan until the tables are
+# analyzed: on a fresh database, the sent-time update was planned as a sequential scan of
+# ``messages`` (cheapest while it was nearly empty), whose cost grew with every mail until
+# autovacuum's first ANALYZE a minute or more later. Prepared again every 15 s, a plan
+# follows the tables' growth, for a round trip per statement and connection.
+STATEMENT_LIFETIME_SECONDS = 15
+
+
 def _quote_ident(name: str) -> str:
     if not name.isidentifier() or not name.isascii():
         raise ValueError(f"not a plain SQL identifier: {name!r}")
@@ -40,7 +49,13 @@ def _quote_ident(name: str) -> str:
 
 
 async def create_pool(
-    dsn: str, schema: str, *, min_size: int = 1, max_size: int = 10, generic_plans: bool = False
+    dsn: str,
+    schema: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    generic_plans: bool = False,
+    statement_lifetime: int = STATEMENT_LIFETIME_SECONDS,
 ) -> asyncpg.Pool[asyncpg.Record]:
     """A pool whose connections see ``schema`` first and decode JSON with orjson.
 
@@ -60,6 +75,7 @@ async def create_pool(
         reset=_keep_session,
         server_settings=settings,
         command_timeout=30,
+        max_cached_statement_lifetime=statement_lifetime,
     )
     assert pool is not None
     return pool
