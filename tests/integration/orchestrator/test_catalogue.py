@@ -27,6 +27,11 @@ from tests.integration.kafka_reader import read_records
 
 pytestmark = pytest.mark.integration
 
+_FACT_COLUMNS = {
+    event_types.ENGAGEMENT_OPENED: "opened_at",
+    event_types.ENGAGEMENT_CLICKED: "clicked_at",
+}
+
 TOKYO = ZoneInfo("Asia/Tokyo")
 START = datetime(2026, 11, 23, 10, 0, tzinfo=TOKYO)  # a Monday, 10:00 in Tokyo
 CONSENT = {
@@ -68,13 +73,18 @@ class Platform:
         """A tracker event on engagement-events; waits until the orchestrator has it."""
         event = CloudEvent(type=event_type, source="urn:test", subject=contact_id, data=data)
         await self.producer.publish(self.topics.engagement_events, event, contact_id)
+        # An open or a click is a fact with no mark in processed_events: its time shows it.
+        fact = _FACT_COLUMNS.get(event_type)
+        taken = (
+            f"SELECT {fact} IS NOT NULL FROM messages WHERE message_id = $1"
+            if fact
+            else "SELECT count(*) > 0 FROM processed_events"
+            " WHERE consumer = 'feedback' AND event_id = $1"
+        )
+        key = data["message_id"] if fact else event.id
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if await self.pool.fetchval(
-                "SELECT count(*) FROM processed_events"
-                " WHERE consumer = 'feedback' AND event_id = $1",
-                event.id,
-            ):
+            if await self.pool.fetchval(taken, key):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the orchestrator did not take the engagement event")
