@@ -701,6 +701,22 @@ async def test_a_sent_fact_redelivered_keeps_its_first_time_and_costs_no_mark(en
     assert await env.pool.fetchval("SELECT count(*) FROM processed_events") == marked
 
 
+async def test_the_scanner_forgets_marks_older_than_an_event_can_come_again(env):
+    await env.pool.execute(
+        "INSERT INTO processed_events (consumer, event_id, processed_at)"
+        " SELECT 'contact-events', 'e-' || n, now() - interval '1 hour' - n * interval '1 day'"
+        " FROM generate_series(0, 39) AS n"
+    )
+    scanner = TriggerScanner(
+        env.pool, env.progress, env.clock, asyncio.Event(), interval=60, marks_kept=_days(35)
+    )
+    await scanner.scan()
+    kept = {r["event_id"] for r in await env.pool.fetch("SELECT event_id FROM processed_events")}
+    assert kept == {f"e-{n}" for n in range(35)}
+    # A redelivered event whose mark is kept still has no second effect.
+    assert await repository.mark_processed(env.pool, "contact-events", ["e-34", "new"]) == {"new"}
+
+
 async def test_one_contacts_events_in_one_batch_take_effect_in_their_order(env):
     await env.scenario(
         {

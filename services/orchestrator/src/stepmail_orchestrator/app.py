@@ -4,7 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,6 +142,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 clock,
                 outbox_ready,
                 interval=settings.orchestrator_scan_interval_seconds,
+                marks_kept=timedelta(days=settings.orchestrator_processed_events_days),
             )
             await start_background(stack, scanner, "trigger-scanner")
             if settings.orchestrator_notify_enabled:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -331,6 +331,20 @@ async def recent_activity(
 
 async def prune_activity(conn: Connection, before: datetime) -> None:
     await conn.execute("DELETE FROM activity WHERE occurred_at < $1", before)
+
+
+async def prune_processed(conn: Connection, kept: timedelta, limit: int = 10_000) -> int:
+    """Forget the marks of events consumed longer than ``kept`` ago by the database's clock,
+    which stamped them; at most ``limit`` a call (a backlog goes over several passes, each
+    a short transaction). Returns how many."""
+    status = await conn.execute(
+        "DELETE FROM processed_events WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM processed_events WHERE processed_at < now() - $1::interval"
+        " LIMIT $2))",
+        kept,
+        limit,
+    )
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from stepmail_orchestrator.repository import Connection
 
 ACTIVITY_KEPT = timedelta(days=30)
+MARKS_KEPT = timedelta(days=35)
 
 _DORMANT = """
 SELECT c.id FROM contacts c
@@ -56,6 +57,7 @@ class TriggerScanner(PeriodicLoop):
         *,
         interval: float,
         batch: int = 500,
+        marks_kept: timedelta = MARKS_KEPT,
     ) -> None:
         super().__init__(interval)
         self._pool = pool
@@ -63,6 +65,7 @@ class TriggerScanner(PeriodicLoop):
         self._clock = clock
         self._outbox_ready = outbox_ready
         self._batch = batch
+        self._marks_kept = marks_kept
 
     async def run_once(self) -> bool:
         return await self.scan() >= self._batch
@@ -76,6 +79,7 @@ class TriggerScanner(PeriodicLoop):
             # Activity is kept only as long as a threshold trigger may count it.
             windows = [s.trigger.count_within for s, _ in scenarios if s.trigger.count_within]
             await repository.prune_activity(conn, now - max(windows, default=ACTIVITY_KEPT))
+            await repository.prune_processed(conn, self._marks_kept)
             for scenario, version in scenarios:
                 rule = scenario.trigger
                 if rule.inactive_for is not None:

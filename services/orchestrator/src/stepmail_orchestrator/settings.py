@@ -27,6 +27,9 @@ class OrchestratorSettings(TopicSettings):
     orchestrator_frequency_cap: str | None = None
     # Inactivity and yearly triggers are looked for this often.
     orchestrator_scan_interval_seconds: float = 60.0
+    # Consumed events' marks (against a second effect) are kept this long: longer than an
+    # event can come again, from its topic or replayed from a dead-letter topic (30 days).
+    orchestrator_processed_events_days: int = Field(default=35, ge=1)
     # Off, ``notify`` webhooks are recorded but not posted (dry runs, tests).
     orchestrator_notify_enabled: bool = True
     # Standard Webhooks secret (whsec_ + base64) signing ``notify`` webhooks.
