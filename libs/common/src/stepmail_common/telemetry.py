@@ -26,7 +26,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 KAFKA_CONSUMED = Counter(
     "stepmail_kafka_messages_consumed_total",
-    "Kafka messages handled, by topic and outcome (ok, dead_lettered)",
+    "Kafka messages handled, by topic and outcome (ok, dead_lettered, passed_over)",
     ["topic", "outcome"],
 )
 KAFKA_PRODUCED = Counter(
