@@ -151,7 +151,8 @@ def _ready(run: Run, event: dict[str, Any], started: float) -> bool:
     if "back_after_seconds" in event or event["target"] not in run.services:
         return True
     service = run.services[event["target"]]
-    service.ensure_alive()
+    if not service.running:
+        return False  # died again by itself: ``_restart_crashed`` starts it and notes why
     try:
         ready = httpx.get(f"{service.base_url}/readyz", timeout=1.0).status_code == 200
     except httpx.TransportError:
