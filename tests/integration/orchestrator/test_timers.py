@@ -17,6 +17,7 @@ from stepmail_common.kafka import EventProducer, ensure_topics
 from stepmail_common.outbox import OutboxRelay
 from stepmail_common.topics import Topics
 from stepmail_orchestrator import repository
+from stepmail_orchestrator import scanner as scanner_module
 from stepmail_orchestrator.engine import ContactRules, parse_window
 from stepmail_orchestrator.handlers import ContactEventHandler, FeedbackHandler, consumed
 from stepmail_orchestrator.progress import Progress
@@ -701,16 +702,18 @@ async def test_a_sent_fact_redelivered_keeps_its_first_time_and_costs_no_mark(en
     assert await env.pool.fetchval("SELECT count(*) FROM processed_events") == marked
 
 
-async def test_the_scanner_forgets_marks_older_than_an_event_can_come_again(env):
+async def test_the_scanner_forgets_marks_older_than_an_event_can_come_again(env, monkeypatch):
     await env.pool.execute(
         "INSERT INTO processed_events (consumer, event_id, processed_at)"
         " SELECT 'contact-events', 'e-' || n, now() - interval '1 hour' - n * interval '1 day'"
-        " FROM generate_series(0, 39) AS n"
+        " FROM generate_series(0, 59) AS n"
     )
+    # 25 to forget, 7 at a time: passes until none is left.
+    monkeypatch.setattr(scanner_module, "MARKS_PRUNED_AT_ONCE", 7)
     scanner = TriggerScanner(
         env.pool, env.progress, env.clock, asyncio.Event(), interval=60, marks_kept=_days(35)
     )
-    await scanner.scan()
+    await scanner.run_once()
     kept = {r["event_id"] for r in await env.pool.fetch("SELECT event_id FROM processed_events")}
     assert kept == {f"e-{n}" for n in range(35)}
     # A redelivered event whose mark is kept still has no second effect.

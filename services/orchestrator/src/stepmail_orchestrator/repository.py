@@ -333,11 +333,11 @@ async def prune_activity(conn: Connection, before: datetime) -> None:
     await conn.execute("DELETE FROM activity WHERE occurred_at < $1", before)
 
 
-async def prune_processed(conn: Connection, kept: timedelta, limit: int = 10_000) -> int:
-    """Forget the marks of events consumed longer than ``kept`` ago by the database's clock,
-    which stamped them; at most ``limit`` a call (a backlog goes over several passes, each
-    a short transaction). Returns how many."""
-    status = await conn.execute(
+async def prune_processed(pool: asyncpg.Pool[asyncpg.Record], kept: timedelta, limit: int) -> int:
+    """Forget the marks of events consumed longer than ``kept`` ago, by the database's
+    clock, which stamped them: at most ``limit``, in a statement of its own. Returns how
+    many."""
+    status = await pool.execute(
         "DELETE FROM processed_events WHERE ctid = ANY(ARRAY("
         "SELECT ctid FROM processed_events WHERE processed_at < now() - $1::interval"
         " LIMIT $2))",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 ACTIVITY_KEPT = timedelta(days=30)
 MARKS_KEPT = timedelta(days=35)
+MARKS_PRUNED_AT_ONCE = 10_000
 
 _DORMANT = """
 SELECT c.id FROM contacts c
@@ -68,7 +69,18 @@ class TriggerScanner(PeriodicLoop):
         self._marks_kept = marks_kept
 
     async def run_once(self) -> bool:
+        await self._forget_old_marks()
         return await self.scan() >= self._batch
+
+    async def _forget_old_marks(self) -> None:
+        """As many statements as it takes (each its own short transaction) to forget every
+        mark older than ``marks_kept``: a first pass over a large table, or a pass after a
+        busy day, keeps up without one long transaction."""
+        while (
+            await repository.prune_processed(self._pool, self._marks_kept, MARKS_PRUNED_AT_ONCE)
+            == MARKS_PRUNED_AT_ONCE
+        ):
+            pass
 
     async def scan(self) -> int:
         """One pass over every inactivity and yearly scenario; returns enrollments made."""
@@ -79,7 +91,6 @@ class TriggerScanner(PeriodicLoop):
             # Activity is kept only as long as a threshold trigger may count it.
             windows = [s.trigger.count_within for s, _ in scenarios if s.trigger.count_within]
             await repository.prune_activity(conn, now - max(windows, default=ACTIVITY_KEPT))
-            await repository.prune_processed(conn, self._marks_kept)
             for scenario, version in scenarios:
                 rule = scenario.trigger
                 if rule.inactive_for is not None:
