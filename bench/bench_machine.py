@@ -8,7 +8,9 @@
   for fetch waits of 50, 150 and 500 ms (``KAFKA_FETCH_MAX_WAIT_MS``), what the wait
   costs: the embedded broker's CPU while seven idle consumers of 12 partitions long-poll
   (as a stack's consumers do between bursts), and how long one record takes from its
-  produce to a consumer waiting for it.
+  produce to a consumer waiting for it. And what a longer log costs: the embedded broker's
+  CPU per produce and fetch of one record with 0 to 14,000 record batches in the
+  partition.
 - Postgres: single-row INSERTs and primary-key SELECTs, one connection one statement at a
   time, and 8 connections at once.
 
@@ -34,7 +36,7 @@ from typing import Any
 
 import aiosmtplib
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench import backends
 from bench.sink import accepted_count
@@ -51,6 +53,9 @@ FETCH_WAITS_MS = (50, 150, 500)
 IDLE_CONSUMERS = 7
 PARTITIONS = 12
 HOPS = 20
+# Record batches of 10 records in one partition before each measurement of the log's growth.
+LOG_BATCHES = (0, 2000, 6000, 14000)
+CYCLES = 200
 
 
 def _postfix_tool(name: str) -> str | None:
@@ -190,6 +195,52 @@ async def _fetch_waits(bootstrap: str, broker_pid: int | None) -> list[dict[str,
     return figures
 
 
+async def _log_growth(bootstrap: str, broker_pid: int | None) -> list[dict[str, Any]]:
+    """The embedded broker's CPU per produce and fetch of one record, as the partition's
+    log grows in batches of 10 records (a fetch that finds data lists every batch of the
+    partition in Tansu's in-memory storage); nothing for an external broker."""
+    if broker_pid is None:
+        return []
+    topic = f"machine-log-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(bootstrap, [topic], 1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50)
+    await producer.start()
+    await consumer.start()
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    figures = []
+    try:
+        written = 0
+        for batches in LOG_BATCHES:
+            while written < batches:
+                for _ in range(10):
+                    await producer.send(topic, b"x" * 1000, partition=0)
+                await producer.flush()
+                written += 1
+            await consumer.seek_to_end(tp)
+            before, started = tree_cpu_seconds(broker_pid), time.perf_counter()
+            for _ in range(CYCLES):
+                await producer.send_and_wait(topic, b"y" * 1000, partition=0)
+                async with asyncio.timeout(30):
+                    while not await consumer.getmany(tp, timeout_ms=500):
+                        pass
+            written += CYCLES
+            figures.append(
+                {
+                    "batches_in_partition": batches,
+                    "broker_cpu_ms_per_produce_and_fetch": round(
+                        (tree_cpu_seconds(broker_pid) - before) / CYCLES * 1000, 2
+                    ),
+                    "round_trip_ms": round((time.perf_counter() - started) / CYCLES * 1000, 1),
+                }
+            )
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return figures
+
+
 def _waiting_consumer(bootstrap: str, topic: str, role: str, wait: int) -> AIOKafkaConsumer:
     """A consumer of a group of its own, from the log's end, long-polling up to ``wait``."""
     return AIOKafkaConsumer(
@@ -308,6 +359,10 @@ def main() -> dict[str, Any]:
         figures["broker_fetch_waits"] = asyncio.run(
             _fetch_waits(bootstrap, broker.pid if broker else None)
         )
+        print("broker: what a longer log costs ...", flush=True)
+        figures["broker_log_growth"] = asyncio.run(
+            _log_growth(bootstrap, broker.pid if broker else None)
+        )
         dsn, _ = backends.postgres(stack, workdir)
         print("postgres: inserts and selects ...", flush=True)
         figures["postgres_statements"] = asyncio.run(_postgres(dsn))
@@ -341,4 +396,10 @@ def _table(figures: dict[str, Any]) -> None:
             f"broker, fetch wait {row['fetch_max_wait_ms']} ms: {IDLE_CONSUMERS} idle consumers"
             f" cost it {cost}; a record's hop {row['hop_ms_median']} ms (at most"
             f" {row['hop_ms_max']})"
+        )
+    for row in figures["broker_log_growth"]:
+        print(
+            f"broker, {row['batches_in_partition']:,} batches in the partition: a produce and"
+            f" fetch of one record costs it {row['broker_cpu_ms_per_produce_and_fetch']} ms"
+            f" of CPU"
         )
