@@ -221,10 +221,7 @@ async def _log_growth(bootstrap: str, broker_pid: int | None) -> list[dict[str, 
             await consumer.seek_to_end(tp)
             before, started = tree_cpu_seconds(broker_pid), time.perf_counter()
             for _ in range(CYCLES):
-                await producer.send_and_wait(topic, b"y" * 1000, partition=0)
-                async with asyncio.timeout(30):
-                    while not await consumer.getmany(tp, timeout_ms=500):
-                        pass
+                await _one_hop(producer, consumer, topic, 0, b"y" * 1000, poll_ms=500)
             written += CYCLES
             figures.append(
                 {
@@ -287,14 +284,26 @@ async def _hop_ms(bootstrap: str, topic: str, wait: int, producer: AIOKafkaProdu
         for i in range(HOPS):
             await asyncio.sleep(0.05 + (i * 0.037) % 0.25)
             started = time.perf_counter()
-            await producer.send_and_wait(topic, b"x" * 100, partition=i % PARTITIONS)
-            async with asyncio.timeout(30):
-                while not await consumer.getmany(timeout_ms=wait + 100):
-                    pass
+            await _one_hop(producer, consumer, topic, i % PARTITIONS, b"x" * 100, wait + 100)
             hops.append(1000 * (time.perf_counter() - started))
     finally:
         await consumer.stop()
     return hops
+
+
+async def _one_hop(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    topic: str,
+    partition: int,
+    value: bytes,
+    poll_ms: int,
+) -> None:
+    """Produce one record and return once ``consumer``, waiting at the log's end, has it."""
+    await producer.send_and_wait(topic, value, partition=partition)
+    async with asyncio.timeout(30):
+        while not await consumer.getmany(timeout_ms=poll_ms):
+            pass
 
 
 async def _postgres(dsn: str) -> dict[str, Any]:
@@ -353,16 +362,13 @@ def main() -> dict[str, Any]:
         workdir = Path(tmp)
         figures["smtp_mails_per_second"] = _smtp(stack, workdir)
         bootstrap, broker = backends.kafka(stack)
+        broker_pid = broker.pid if broker else None
         print("broker: produce and consume ...", flush=True)
         figures["broker"] = asyncio.run(_broker(bootstrap))
         print("broker: what a fetch's wait costs ...", flush=True)
-        figures["broker_fetch_waits"] = asyncio.run(
-            _fetch_waits(bootstrap, broker.pid if broker else None)
-        )
+        figures["broker_fetch_waits"] = asyncio.run(_fetch_waits(bootstrap, broker_pid))
         print("broker: what a longer log costs ...", flush=True)
-        figures["broker_log_growth"] = asyncio.run(
-            _log_growth(bootstrap, broker.pid if broker else None)
-        )
+        figures["broker_log_growth"] = asyncio.run(_log_growth(bootstrap, broker_pid))
         dsn, _ = backends.postgres(stack, workdir)
         print("postgres: inserts and selects ...", flush=True)
         figures["postgres_statements"] = asyncio.run(_postgres(dsn))
