@@ -5,7 +5,12 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stepmail_common.kafka import COMPRESSION, FETCH_MAX_WAIT_MS, Compression
+from stepmail_common.kafka import (
+    COMPRESSION,
+    FEEDBACK_FETCH_MAX_WAIT_MS,
+    FETCH_MAX_WAIT_MS,
+    Compression,
+)
 
 Environment = Literal["development", "test", "production"]
 
@@ -36,6 +41,8 @@ class CommonSettings(BaseSettings):
     # waiting fetch as soon as data arrives, so 500 costs no latency there and spares
     # idle polling; the embedded broker answers at its next look, so it keeps 150.
     kafka_fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    # The same for the consumers no mail waits for on its way (feedback, the tracker).
+    kafka_feedback_fetch_max_wait_ms: int = FEEDBACK_FETCH_MAX_WAIT_MS
     # How producers compress record batches; every Kafka client since 2.1 reads zstd.
     kafka_compression: Compression = COMPRESSION
 
@@ -48,8 +55,9 @@ class CommonSettings(BaseSettings):
     def _positive_partitions(self) -> "CommonSettings":
         if self.kafka_topic_partitions < 1:
             raise ValueError("KAFKA_TOPIC_PARTITIONS must be at least 1")
-        if not 1 <= self.kafka_fetch_max_wait_ms <= 30_000:
-            raise ValueError("KAFKA_FETCH_MAX_WAIT_MS must be between 1 and 30000")
+        for name in ("kafka_fetch_max_wait_ms", "kafka_feedback_fetch_max_wait_ms"):
+            if not 1 <= getattr(self, name) <= 30_000:
+                raise ValueError(f"{name.upper()} must be between 1 and 30000")
         self.refuse_placeholder("stepmail_admin_token", self.stepmail_admin_token)
         return self
 

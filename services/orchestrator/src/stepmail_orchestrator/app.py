@@ -165,7 +165,7 @@ def create_app(settings: OrchestratorSettings, clock: Clock | None = None) -> Fa
                 prepare=consumed,
                 handler=FeedbackHandler(pool, clock, progress),
                 producer=producer,
-                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.kafka_feedback_fetch_max_wait_ms,
                 acts_on=FeedbackHandler.acts_on,
             )
             await start_together(

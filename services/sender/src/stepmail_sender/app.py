@@ -143,7 +143,7 @@ def create_app(settings: SenderSettings, clock: Clock | None = None) -> FastAPI:
                 group_id=settings.consumer_group("sender-feedback"),
                 handler=feedback_dispatcher(ledger),
                 producer=producer,
-                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.kafka_feedback_fetch_max_wait_ms,
                 acts_on=FEEDBACK_TYPES,
             )
             consumer = BatchConsumer(

@@ -115,7 +115,7 @@ def create_app(
                 prepare=consumed,
                 handler=handler(repo),
                 producer=producer,
-                fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+                fetch_max_wait_ms=settings.kafka_feedback_fetch_max_wait_ms,
                 acts_on=ACTS_ON,
             )
             await start_background(stack, consumer, "consumer")
