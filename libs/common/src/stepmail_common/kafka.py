@@ -348,8 +348,8 @@ def _ended(span: trace.Span) -> Iterator[None]:
 FETCH_MAX_WAIT_MS = 150
 # The same for consumers of what became of mails (``KAFKA_FEEDBACK_FETCH_MAX_WAIT_MS``):
 # the orchestrator's and the sender's feedback and the tracker, none of which a mail waits
-# for on its way to SMTP. Apache Kafka's own default; on the embedded broker it spares
-# about a third of the broker's CPU per mail at 1,000 mails/s.
+# for on its way to SMTP. Apache Kafka's own default; on the embedded broker it spared
+# about a sixth of the broker's CPU per mail at 1,000 mails/s.
 FEEDBACK_FETCH_MAX_WAIT_MS = 500
 # How long a consumer waits before fetching a partition again from a hole in its offsets.
 _GAP_RECHECK = 0.01
