@@ -15,7 +15,8 @@ its maximum (32 sessions, persistent connections) in the same run, for the ratio
 The machine is shared, so each run also reports the sender processes' CPU seconds per
 1,000 mails (``/proc/<pid>/stat``, sampled every 0.25 s and read off at the same 10th and
 90th percentile instants) and the load average at its start and end. ``BENCH_SENDER_PYSPY=<path>``
-records each sender with py-spy (speedscope) during its run. ``BENCH_SENDER_WINDOW`` and
+records each sender with py-spy (speedscope) during its run; ``BENCH_SENDER_PROFILE=<path>``
+runs each under cProfile instead, written when it stops. ``BENCH_SENDER_WINDOW`` and
 ``BENCH_SENDER_POOL`` (default 128 and 16) set ``SENDER_WINDOW`` and ``SMTP_POOL_SIZE``.
 """
 
