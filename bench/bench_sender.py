@@ -16,7 +16,7 @@ The machine is shared, so each run also reports the sender processes' CPU second
 1,000 mails (``/proc/<pid>/stat``, sampled every 0.25 s and read off at the same 10th and
 90th percentile instants) and the load average at its start and end. ``BENCH_SENDER_PYSPY=<path>``
 records each sender with py-spy (speedscope) during its run; ``BENCH_SENDER_PROFILE=<path>``
-runs each under cProfile instead, written when it stops. ``BENCH_SENDER_WINDOW`` and
+runs each under cProfile, written when it stops. ``BENCH_SENDER_WINDOW`` and
 ``BENCH_SENDER_POOL`` (default 128 and 16) set ``SENDER_WINDOW`` and ``SMTP_POOL_SIZE``.
 """
 
